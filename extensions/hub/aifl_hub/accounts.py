@@ -1,0 +1,54 @@
+"""Authenticators of the lab: local accounts an admin approves, or an OIDC provider.
+
+Both create the approved user's Unix account and Slurm association (embedded default) through
+the ``aifl-mkuser`` helper, run with ``sudo`` as an argv list.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from nativeauthenticator import NativeAuthenticator
+from oauthenticator.generic import GenericOAuthenticator
+from traitlets import Bool, List, Unicode
+
+from .slurm import SlurmError, run_argv
+
+USERNAME_PATTERN = r"^[a-z][a-z0-9_-]{0,30}$"
+
+
+class LocalAccountsMixin:
+    """Create a Unix account for each user the hub adds (when ``create_local_accounts``)."""
+
+    create_local_accounts = Bool(
+        True, help="Create a Unix account and Slurm association for each approved user (embedded default).",
+    ).tag(config=True)
+
+    mkuser_command = List(
+        Unicode(), ["/usr/bin/sudo", "-n", "/usr/local/sbin/aifl-mkuser"],
+        help="argv prefix of the account helper; the user name is appended.",
+    ).tag(config=True)
+
+    async def add_user(self, user) -> None:  # noqa: ANN001 - a jupyterhub.user.User
+        """Create the user's account, then let JupyterHub add them."""
+        if self.create_local_accounts:
+            try:
+                await run_argv([*self.mkuser_command, user.name], timeout=60)
+            except SlurmError as exc:
+                self.log.error("Could not create the account of %s: %s", user.name, exc.stderr)
+                raise
+        result = super().add_user(user)
+        if inspect.isawaitable(result):
+            await result
+
+
+class LabNativeAuthenticator(LocalAccountsMixin, NativeAuthenticator):
+    """People sign up; an admin approves them; approved users get their accounts."""
+
+    username_pattern = Unicode(USERNAME_PATTERN).tag(config=True)
+
+
+class LabOAuthenticator(LocalAccountsMixin, GenericOAuthenticator):
+    """Log in through the site's OIDC provider (for example SURF SRAM)."""
+
+    username_pattern = Unicode(USERNAME_PATTERN).tag(config=True)

@@ -1,0 +1,80 @@
+"""Hub API handlers that replace unsafe or unchecked routes.
+
+* ``POST /hub/api/batchspawner``: batchspawner's own handler ``setattr``s every posted key on the
+  spawner (so a user holding their server's token could set ``exec_prefix`` and make the hub run
+  commands). This replacement accepts exactly ``{"port": <1024..65535>}``, only while that server
+  is starting.
+* ``POST /hub/api/users/{name}/server[s/{server}]``: checks ``user_options`` against the profile
+  allowlist *before* anything is stored or started, so bad input gets a clear 400 and changes nothing.
+
+:func:`install_handlers` swaps them into JupyterHub's API route list; call it from the hub config.
+"""
+
+from __future__ import annotations
+
+import json
+
+from jupyterhub import apihandlers
+from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.apihandlers.users import UserServerAPIHandler
+from jupyterhub.scopes import needs_scope
+from tornado import web
+
+PORT_ROUTE = r"/api/batchspawner"
+
+
+class PortAPIHandler(APIHandler):
+    """The job reports the port its server listens on; nothing else can be set."""
+
+    @web.authenticated
+    async def post(self) -> None:
+        user = self.current_user
+        token = self.get_auth_token()
+        spawner = next((s for s in getattr(user, "spawners", {}).values() if s.api_token and s.api_token == token),
+                       None)
+        if spawner is None:
+            raise web.HTTPError(403, "Only a session's own token may report its port")
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError:
+            body = None
+        port = body.get("port") if isinstance(body, dict) and set(body) == {"port"} else None
+        if not isinstance(port, int) or isinstance(port, bool) or not 1024 <= port <= 65535:
+            raise web.HTTPError(400, 'Only {"port": <a number from 1024 to 65535>} is accepted')
+        if not spawner.pending:
+            raise web.HTTPError(409, "The port can only be reported while the session starts")
+        if hasattr(spawner, "set_port"):
+            spawner.set_port(port)
+        else:
+            spawner.port = port
+        self.set_status(201)
+        self.finish(json.dumps({"port": port}))
+
+
+class CheckedUserServerAPIHandler(UserServerAPIHandler):
+    """Starting a server through the REST API validates ``user_options`` first."""
+
+    @needs_scope("start:servers")
+    async def post(self, user_name: str, server_name: str = "") -> None:
+        body = self.get_server_json_body() or {}
+        options = body.get("user_options")
+        user = self.find_user(user_name)
+        if user is not None and options is not None:
+            spawner = user.spawners.get(server_name)
+            if spawner is None:
+                spawner = user.get_or_create_spawner(server_name, body.get("display_name") or server_name,
+                                                     replace_failed=True)
+            check = getattr(spawner, "check_user_options", None)
+            if check is not None:
+                check(options)
+        await super().post(user_name, server_name)
+
+
+def install_handlers() -> None:
+    """Replace batchspawner's port route and the server-start routes in JupyterHub's API."""
+    routes = apihandlers.default_handlers
+    routes[:] = [r for r in routes if r[0] != PORT_ROUTE]
+    routes.append((PORT_ROUTE, PortAPIHandler))
+    for i, route in enumerate(routes):
+        if route[1] is UserServerAPIHandler:
+            routes[i] = (route[0], CheckedUserServerAPIHandler, *route[2:])

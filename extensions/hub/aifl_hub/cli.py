@@ -1,0 +1,399 @@
+"""`lab`: start, stop and check the whole AI Factory Lab on this machine, and run its tests.
+
+    ./lab up       install what is missing, start the local Slurm cluster and the hub
+    ./lab down     stop the hub, the proxy and the local cluster (session jobs end)
+    ./lab status   the health of every part, in plain words
+    ./lab test     install what the tests need and run them
+
+The bash script ``lab`` in the repository root makes the hub's Python environment and runs this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import hashlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from . import cluster
+from .hubconfig import HUB_API_PORT, PROXY_API_PORT
+from .procs import LabError, Progress, log_tail, pid_alive, require_root, run, start_daemon, wait_for
+from .site import Site, SiteError, load_site
+
+ETC = Path("/etc/aifl")
+OPT = Path("/opt/aifl")
+RUN = Path("/run/aifl")
+LOGS = Path("/var/log/aifl")
+HUB_ENV = OPT / "hub"
+PROXY_DIR = OPT / "proxy"
+PROXY_VERSION = "5.3.0"
+MKUSER = Path("/usr/local/sbin/aifl-mkuser")
+SUDOERS = Path("/etc/sudoers.d/aifl-hub")
+CREDENTIALS = ETC / "admin-credentials"
+SYSTEM_PACKAGES = ["slurm-wlm", "slurmdbd", "slurm-client", "munge", "mariadb-server", "sudo", "util-linux"]
+TEST_PACKAGES = ["chromium"]
+
+
+def _missing_packages(names: list[str]) -> list[str]:
+    return [n for n in names
+            if "install ok installed" not in run(["dpkg-query", "-W", "-f=${Status}", n], check=False).stdout]
+
+
+def install_packages(names: list[str], progress: Progress) -> None:
+    """apt-get install the packages of ``names`` that are missing (Node.js only if no node exists)."""
+    missing = _missing_packages(names)
+    if not shutil.which("node"):
+        missing += _missing_packages(["nodejs", "npm"])
+    if not missing:
+        progress.note("all system packages are installed")
+        return
+    progress.note("installing " + ", ".join(missing))
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-qq"], env=env, timeout=900)
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env, timeout=1800)
+
+
+def _tree_hash(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for root in paths:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
+            if root.is_dir() else [root]
+        for f in files:
+            digest.update(str(f.relative_to(root.parent)).encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_environment(repo: Path, site: Site, progress: Progress) -> None:
+    """Build the notebook environment from images/<name> under a fixed, world-readable prefix."""
+    name = site["spawner"]["environment"]
+    spec = repo / "images" / name
+    if not spec.is_dir():
+        raise LabError(f"images/{name} does not exist (site file key spawner.environment)")
+    prefix = Path(site["spawner"]["environments_dir"]) / name
+    stamp = _tree_hash(spec, repo / "extensions" / "notebook")
+    stamp_file = prefix / ".aifl-stamp"
+    if stamp_file.exists() and stamp_file.read_text() == stamp:
+        progress.note(f"{prefix} is up to date")
+        return
+    if not (prefix / "bin" / "python").exists():
+        run(["/usr/bin/python3", "-m", "venv", str(prefix)])
+    pip = [str(prefix / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+    progress.note("installing the pinned packages of images/" + name)
+    run([*pip, "-r", str(spec / "requirements.txt")], timeout=1800)
+    run([*pip, "--no-deps", "--force-reinstall", str(repo / "extensions" / "notebook")], timeout=600)
+    for sub in ("etc", "share"):
+        if (spec / sub).is_dir():
+            shutil.copytree(spec / sub, prefix / sub, dirs_exist_ok=True)
+    run(["chmod", "-R", "a+rX", str(prefix)])
+    stamp_file.write_text(stamp)
+
+
+def install_proxy(progress: Progress) -> Path:
+    """Install configurable-http-proxy from npm into /opt/aifl/proxy (once)."""
+    main = PROXY_DIR / "node_modules" / "configurable-http-proxy" / "bin" / "configurable-http-proxy"
+    if not main.exists():
+        progress.note(f"npm install configurable-http-proxy@{PROXY_VERSION}")
+        PROXY_DIR.mkdir(parents=True, exist_ok=True)
+        run(["npm", "install", "--no-audit", "--no-fund", "--omit=dev", "--prefix", str(PROXY_DIR),
+             f"configurable-http-proxy@{PROXY_VERSION}"], timeout=900)
+        run(["chmod", "-R", "a+rX", str(PROXY_DIR)])
+    return main
+
+
+def _ensure_group(name: str) -> None:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        run(["groupadd", "--system", name])
+
+
+def _write(path: Path, text: str, mode: int, owner: str = "root", group: str = "root") -> bool:
+    """Write ``text`` if it differs; set mode and owner. Returns True when the content changed."""
+    changed = not path.exists() or path.read_text() != text
+    if changed:
+        tmp = path.with_name(path.name + ".new")
+        tmp.write_text(text)
+        os.chmod(tmp, mode)
+        shutil.chown(tmp, owner, group)
+        tmp.replace(path)
+    os.chmod(path, mode)
+    shutil.chown(path, owner, group)
+    return changed
+
+
+def _secret(path: Path, owner: str) -> str:
+    if not path.exists():
+        _write(path, secrets.token_hex(32), 0o600, owner, owner)
+    return path.read_text().strip()
+
+
+def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
+    """The hub's service account, the users' group, the account helper and the sudoers rule."""
+    hub_user, group = site["hub"]["service_user"], site["users"]["group"]
+    _ensure_group(group)
+    try:
+        pwd.getpwnam(hub_user)
+    except KeyError:
+        run(["useradd", "--system", "--user-group", "--home-dir", site["hub"]["state_dir"], "--no-create-home",
+             "--shell", "/usr/sbin/nologin", hub_user])
+    for directory, mode, owner in ((ETC, 0o750, hub_user), (Path(site["hub"]["state_dir"]), 0o700, hub_user),
+                                   (LOGS, 0o755, "root"), (RUN, 0o755, "root")):
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, mode)
+        shutil.chown(directory, "root" if directory == ETC else owner, owner)
+    slurm_bin = site["cluster"]["slurm_bin"]
+    _write(ETC / "mkuser.json", json.dumps({
+        "group": group, "account": site["accounting"]["default_account"], "home_base": site["users"]["home_base"],
+        "sacctmgr": f"{slurm_bin}/sacctmgr", "job_log_dir": site["spawner"].get("job_log_dir", ".aifl/logs"),
+    }, indent=2) + "\n", 0o644)
+    _write(MKUSER, (Path(__file__).parent / "mkuser.py").read_text(), 0o755)
+    rules = (
+        "# AI Factory Lab: the hub may submit and cancel jobs as lab users, and create lab accounts.\n"
+        f'Defaults:{hub_user} !requiretty, env_keep += "JUPYTERHUB_* JPY_* AIFL_*"\n'
+        f"{hub_user} ALL=(%{group}) NOPASSWD: {slurm_bin}/sbatch --parsable, {slurm_bin}/scancel\n"
+        f"{hub_user} ALL=(root) NOPASSWD: {MKUSER}\n"
+    )
+    candidate = SUDOERS.with_name("aifl-hub.check")
+    candidate.write_text(rules)
+    try:
+        run(["visudo", "-c", "-q", "-f", str(candidate)])
+    finally:
+        candidate.unlink(missing_ok=True)
+    _write(SUDOERS, rules, 0o440)
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _http_ok(url: str, token: str | None = None) -> bool:
+    import urllib.request
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=3) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _pid(name: str) -> int | None:
+    try:
+        pid = int((RUN / f"{name}.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def _start(name: str, argv: list[str], user: str, env: dict[str, str], ports: list[int],
+           ready, cwd: Path | None = None) -> None:  # noqa: ANN001 - ready is a () -> bool
+    if _pid(name):
+        return
+    for port in ports:
+        if _port_open(port):
+            raise LabError(f"port {port} is in use by another program; {name} needs it "
+                           f"(find it with: ss -ltnp 'sport = :{port}')")
+    log = LOGS / f"{name}.log"
+    pid = start_daemon(argv, log, user=user, env=env, cwd=cwd)
+    (RUN / f"{name}.pid").write_text(str(pid))
+    wait_for(lambda: ready() or not pid_alive(pid), what=name, timeout=90, log=log)
+    if not pid_alive(pid):
+        raise LabError(f"{name} stopped while starting; last lines of {log}:\n{log_tail(log)}")
+
+
+def start_hub(repo: Path, site: Site, site_path: Path, proxy_main: Path, progress: Progress) -> None:
+    """Write the hub's config and start the proxy and the hub (each its own process)."""
+    hub = site["hub"]
+    hub_user, state = hub["service_user"], Path(hub["state_dir"])
+    _write(ETC / "site.yaml", site_path.read_text(), 0o640, "root", hub_user)
+    changed = _write(ETC / "jupyterhub_config.py", (repo / "hub_config" / "jupyterhub_config.py").read_text(), 0o644)
+    proxy_token = _secret(state / "proxy-token", hub_user)
+    _secret(state / "lab-service-token", hub_user)
+    base_env = {"PATH": f"{HUB_ENV}/bin:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(state)}
+    _start("proxy", ["/usr/bin/env", "node", str(proxy_main), "--ip", hub["ip"], "--port", str(hub["port"]),
+                     "--api-ip", "127.0.0.1", "--api-port", str(PROXY_API_PORT),
+                     "--default-target", f"http://127.0.0.1:{HUB_API_PORT}",
+                     "--error-target", f"http://127.0.0.1:{HUB_API_PORT}/hub/error"],
+           hub_user, {**base_env, "CONFIGPROXY_AUTH_TOKEN": proxy_token}, [hub["port"], PROXY_API_PORT],
+           lambda: _port_open(PROXY_API_PORT))
+    hub_pid = _pid("hub")
+    if hub_pid and (changed or _installed_hub_changed()):
+        progress.note("the hub's code or configuration changed: restarting the hub (sessions keep running)")
+        stop_process("hub")
+    _start("hub", [str(HUB_ENV / "bin" / "jupyterhub"), "-f", str(ETC / "jupyterhub_config.py")],
+           hub_user, {**base_env, "CONFIGPROXY_AUTH_TOKEN": proxy_token, "AIFL_SITE_FILE": str(ETC / "site.yaml")},
+           [HUB_API_PORT], lambda: _http_ok(f"http://{hub['ip']}:{hub['port']}/hub/api/"), cwd=state)
+    (RUN / "hub.stamp").write_text(_hub_stamp())
+
+
+def _hub_stamp() -> str:
+    return (HUB_ENV / ".aifl-stamp").read_text().strip() if (HUB_ENV / ".aifl-stamp").exists() else ""
+
+
+def _installed_hub_changed() -> bool:
+    stamp = RUN / "hub.stamp"
+    return stamp.exists() and stamp.read_text() != _hub_stamp()
+
+
+def ensure_admin(site: Site, progress: Progress) -> None:
+    """Create the first admin with a generated password, printed once and stored 0600."""
+    if CREDENTIALS.exists():
+        progress.note(f"admin credentials are in {CREDENTIALS}")
+        return
+    import requests
+
+    name = site["hub"]["admin_users"][0]
+    password = secrets.token_urlsafe(15)
+    base = f"http://{site['hub']['ip']}:{site['hub']['port']}/hub"
+    with requests.Session() as http:
+        http.get(f"{base}/signup", timeout=10)
+        xsrf = http.cookies.get("_xsrf", "")
+        reply = http.post(f"{base}/signup", data={"username": name, "signup_password": password,
+                                                  "signup_password_confirmation": password, "_xsrf": xsrf},
+                          timeout=30)
+        login = http.post(f"{base}/login", data={"username": name, "password": password, "_xsrf": xsrf},
+                          timeout=30, allow_redirects=False)
+    if reply.status_code >= 400 or login.status_code not in (302, 303):
+        raise LabError(f"could not create the admin account {name!r} (signup: HTTP {reply.status_code}, "
+                       f"login: HTTP {login.status_code}); if it exists already, reset its password in the hub")
+    _write(CREDENTIALS, f"user: {name}\npassword: {password}\n", 0o600)
+    print(f"\n  First admin account (shown once; also stored in {CREDENTIALS}, readable by root only):\n"
+          f"    user:     {name}\n    password: {password}\n")
+
+
+def stop_process(name: str, timeout: float = 20) -> None:
+    """SIGTERM the process in /run/aifl/<name>.pid and wait until it is gone."""
+    pid = _pid(name)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    (RUN / f"{name}.pid").unlink(missing_ok=True)
+
+
+def cmd_up(repo: Path, site_path: Path) -> None:
+    """Start everything (idempotent)."""
+    site = load_site(site_path)
+    embedded = site["cluster"]["mode"] == "embedded"
+    progress = Progress(7 if embedded else 6)
+    with progress.step("Checking system packages"):
+        install_packages(SYSTEM_PACKAGES, progress)
+    with progress.step("Preparing accounts, folders and permissions"):
+        setup_accounts(repo, site, progress)
+    with progress.step(f"Building the notebook environment '{site['spawner']['environment']}'"):
+        build_environment(repo, site, progress)
+    with progress.step("Installing the web proxy"):
+        proxy_main = install_proxy(progress)
+    os.environ["AIFL_HUB_CONFIG"] = str(repo / "hub_config")
+    if embedded:
+        with progress.step("Starting the local Slurm cluster"):
+            cluster.up(site, progress)
+    else:
+        with progress.step("Checking the site's Slurm"):
+            run([f"{site['cluster']['slurm_bin']}/sinfo", "-h", "-o", "%P"])
+    with progress.step("Starting the proxy and JupyterHub"):
+        start_hub(repo, site, site_path, proxy_main, progress)
+    with progress.step("Checking the first admin account"):
+        if site["auth"]["type"] == "native":
+            ensure_admin(site, progress)
+    print(f"\nAI Factory Lab is running at http://{site['hub']['ip']}:{site['hub']['port']}")
+    if site["auth"]["type"] == "native":
+        print(f"Log in as {site['hub']['admin_users'][0]!r} (password in {CREDENTIALS}); new users sign up "
+              "on the login page and the admin approves them under 'Authorize Users'.")
+
+
+def cmd_down(site_path: Path) -> None:
+    """Stop the hub, the proxy and the local cluster."""
+    site = load_site(site_path)
+    progress = Progress(2 if site["cluster"]["mode"] == "embedded" else 1)
+    with progress.step("Stopping JupyterHub and the proxy"):
+        stop_process("hub")
+        stop_process("proxy")
+    if site["cluster"]["mode"] == "embedded":
+        with progress.step("Stopping the local Slurm cluster"):
+            cluster.down(progress)
+
+
+def cmd_status(site_path: Path) -> int:
+    """Print each part's health; exit 1 if any part is unhealthy."""
+    site = load_site(site_path)
+    hub = site["hub"]
+    parts: list[tuple[str, bool, str]] = []
+    if site["cluster"]["mode"] == "embedded":
+        parts += cluster.status(site)
+    parts.append(("proxy", bool(_pid("proxy")) and _port_open(hub["port"], hub["ip"]),
+                  f"answers on {hub['ip']}:{hub['port']}" if _pid("proxy") else "not running"))
+    hub_ok = _http_ok(f"http://{hub['ip']}:{hub['port']}/hub/api/")
+    parts.append(("hub", hub_ok, "answers its API" if hub_ok else "not answering"))
+    width = max(len(p[0]) for p in parts)
+    for name, healthy, detail in parts:
+        print(f"  {'ok ' if healthy else 'BAD'}  {name:<{width}}  {detail}")
+    return 0 if all(p[1] for p in parts) else 1
+
+
+def cmd_test(repo: Path, extra: list[str]) -> int:
+    """Install what the tests need (Chromium, a test venv) and run ruff and pytest."""
+    progress = Progress(3)
+    with progress.step("Checking system packages for the tests"):
+        install_packages(SYSTEM_PACKAGES + TEST_PACKAGES, progress)
+    venv = repo / ".venv"
+    with progress.step("Preparing the test environment (.venv)"):
+        if not (venv / "bin" / "python").exists():
+            run(["/usr/bin/python3", "-m", "venv", str(venv)])
+        run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+             "-e", f"{repo / 'extensions' / 'hub'}[test]", "-e", str(repo / "extensions" / "notebook")], timeout=1800)
+    with progress.step("Running ruff"):
+        lint = run([str(venv / "bin" / "ruff"), "check", str(repo)], check=False)
+        print(lint.stdout.strip() or "        ruff: all checks passed")
+        if lint.returncode:
+            return lint.returncode
+    os.chdir(repo)
+    return os.spawnv(os.P_WAIT, str(venv / "bin" / "python"),
+                     [str(venv / "bin" / "python"), "-m", "pytest", *(extra or ["tests"])])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ./lab."""
+    parser = argparse.ArgumentParser(prog="lab", description="Start, stop and check AI Factory Lab.")
+    parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[3])
+    parser.add_argument("--site", type=Path, default=None, help="site file (default: hub_config/site.yaml)")
+    parser.add_argument("command", choices=["up", "down", "status", "test"])
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="for test: arguments passed to pytest")
+    args = parser.parse_args(argv)
+    repo = args.repo.resolve()
+    site_path = (args.site or repo / "hub_config" / "site.yaml").resolve()
+    try:
+        require_root()
+        if args.command == "up":
+            cmd_up(repo, site_path)
+        elif args.command == "down":
+            cmd_down(site_path)
+        elif args.command == "status":
+            return cmd_status(site_path)
+        else:
+            return cmd_test(repo, args.rest)
+    except SiteError as exc:
+        print(f"lab: the site file is not valid: {exc}\nNothing was started or changed.", file=sys.stderr)
+        return 2
+    except LabError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Turn the site file into JupyterHub configuration (called from hub_config/jupyterhub_config.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .api import install_handlers
+from .site import load_site
+
+TEMPLATES = Path(__file__).parent / "templates" / "hub"
+PROXY_API_PORT = 8001
+HUB_API_PORT = 8081
+
+
+def end_message(user: Any) -> str:
+    """Template variable: why the user's last session ended outside the lab (or '')."""
+    spawner = user.spawners.get("") if user is not None and hasattr(user, "spawners") else None
+    return spawner.end_message() if spawner is not None and hasattr(spawner, "end_message") else ""
+
+
+def configure(c: Any, site_file: str) -> None:
+    """Apply the site file at ``site_file`` to the JupyterHub config object ``c``."""
+    site = load_site(site_file)
+    hub, auth, users = site["hub"], site["auth"], site["users"]
+    state = Path(hub["state_dir"])
+
+    install_handlers()
+
+    c.JupyterHub.bind_url = f"http://{hub['ip']}:{hub['port']}"
+    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{HUB_API_PORT}"
+    c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
+    # The proxy is its own process (started by `lab up`) so users' connections survive a hub restart;
+    # the hub leaves session jobs running when it stops and re-attaches to them when it starts.
+    c.JupyterHub.cleanup_servers = False
+    c.JupyterHub.cleanup_proxy = False
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{PROXY_API_PORT}"
+    c.JupyterHub.template_paths = [str(TEMPLATES)]
+    c.JupyterHub.template_vars = {"aifl_site_name": site["site"]["name"], "aifl_end_message": end_message}
+    c.JupyterHub.shutdown_on_logout = False
+    c.JupyterHub.tornado_settings = {"cookie_options": {"SameSite": "Lax"}}
+
+    c.JupyterHub.spawner_class = "aifl_hub.spawner.SlurmLabSpawner"
+    c.SlurmLabSpawner.site_file = site_file
+    c.Spawner.default_url = "/lab"
+    c.Spawner.disable_user_config = True
+    c.Spawner.env_keep = []
+    c.Spawner.cmd = ["jupyterhub-singleuser"]
+
+    c.Authenticator.admin_users = set(hub["admin_users"])
+    c.Authenticator.allow_all = True
+    if auth["type"] == "native":
+        c.JupyterHub.authenticator_class = "aifl_hub.accounts.LabNativeAuthenticator"
+        c.LabNativeAuthenticator.create_local_accounts = users["create_local_accounts"]
+        c.LabNativeAuthenticator.minimum_password_length = auth.get("minimum_password_length", 10)
+        c.LabNativeAuthenticator.check_common_password = True
+        c.LabNativeAuthenticator.allowed_failed_logins = 5
+        c.LabNativeAuthenticator.seconds_before_next_try = 60
+    else:
+        oauth = auth["oauth"]
+        c.JupyterHub.authenticator_class = "aifl_hub.accounts.LabOAuthenticator"
+        c.LabOAuthenticator.create_local_accounts = users["create_local_accounts"]
+        c.LabOAuthenticator.authorize_url = oauth["authorize_url"]
+        c.LabOAuthenticator.token_url = oauth["token_url"]
+        c.LabOAuthenticator.userdata_url = oauth["userdata_url"]
+        c.LabOAuthenticator.client_id = oauth["client_id"]
+        c.LabOAuthenticator.client_secret = Path(oauth["client_secret_file"]).read_text().strip()
+        c.LabOAuthenticator.username_claim = oauth.get("username_claim", "preferred_username")
+        c.LabOAuthenticator.scope = oauth.get("scope", ["openid", "profile", "email"])
+
+    # A service token for `lab` itself (health checks, first admin, tests): read from a 0600 file.
+    token_file = state / "lab-service-token"
+    if token_file.exists():
+        c.JupyterHub.services = [{"name": "lab", "api_token": token_file.read_text().strip()}]
+        c.JupyterHub.load_roles = [{
+            "name": "lab-service",
+            "scopes": ["admin:users", "admin:servers", "tokens", "read:hub", "access:servers"],
+            "services": ["lab"],
+        }]

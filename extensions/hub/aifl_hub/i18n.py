@@ -1,0 +1,55 @@
+"""Message catalogs (gettext .po files under ``locale/``) for the hub side, in Dutch and English.
+
+English is the source language; Dutch comes from ``locale/nl/LC_MESSAGES/aifl.po``. Catalogs are
+read once with Babel and cached.
+"""
+
+from __future__ import annotations
+
+import gettext
+from functools import cache
+from importlib import resources
+from io import BytesIO
+
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+
+LANGUAGES = ("nl", "en")
+DEFAULT_LANGUAGE = "en"
+
+
+@cache
+def translations(lang: str) -> gettext.NullTranslations:
+    """The catalog for ``lang`` (English and unknown languages get the source strings)."""
+    if lang not in LANGUAGES or lang == "en":
+        return gettext.NullTranslations()
+    po = resources.files(__package__).joinpath(f"locale/{lang}/LC_MESSAGES/aifl.po")
+    with po.open("rb") as fh:
+        catalog = read_po(fh, locale=lang)
+    buf = BytesIO()
+    write_mo(buf, catalog)
+    buf.seek(0)
+    return gettext.GNUTranslations(buf)
+
+
+def gettext_for(lang: str):  # noqa: ANN201 - returns the bound gettext function
+    """A ``_`` function translating into ``lang``."""
+    return translations(lang).gettext
+
+
+def pick_language(accept_language: str | None, cookie: str | None = None,
+                  default: str = DEFAULT_LANGUAGE) -> str:
+    """Choose ``nl`` or ``en``: a remembered choice first, then the browser's Accept-Language."""
+    if cookie in LANGUAGES:
+        return cookie
+    weighted: list[tuple[float, str]] = []
+    for part in (accept_language or "").split(","):
+        tag, _, q = part.strip().partition(";q=")
+        try:
+            weight = float(q) if q else 1.0
+        except ValueError:
+            continue
+        base = tag.split("-")[0].lower()
+        if base in LANGUAGES:
+            weighted.append((weight, base))
+    return max(weighted, key=lambda w: w[0])[1] if weighted else default

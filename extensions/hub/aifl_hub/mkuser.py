@@ -1,0 +1,71 @@
+#!/usr/bin/python3 -I
+"""aifl-mkuser NAME: create the Unix account and Slurm association of an approved lab user.
+
+Installed as /usr/local/sbin/aifl-mkuser (root, 0755) by `lab up`; the hub's service account may
+run it through sudo and nothing else as root. It uses only the standard library and reads its
+settings from /etc/aifl/mkuser.json (root-owned), so the caller passes nothing but a user name,
+which must match a strict pattern. An existing account is accepted only if it is already in the
+lab's group (so no system account can be taken over). Exit codes: 0 done, 2 refused, 1 failed.
+"""
+
+import grp
+import json
+import os
+import pwd
+import re
+import subprocess
+import sys
+
+NAME = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+SETTINGS = "/etc/aifl/mkuser.json"
+
+
+def refuse(message: str) -> None:
+    """Stop with exit 2 and a message for the hub's log."""
+    print(f"aifl-mkuser: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess:
+    """Run argv (no shell), failing loudly."""
+    return subprocess.run(argv, check=True, capture_output=True, text=True)
+
+
+def main() -> None:
+    """Create (or confirm) the account named on the command line."""
+    if len(sys.argv) != 2 or not NAME.match(sys.argv[1]):
+        refuse("usage: aifl-mkuser NAME (lower-case letters, digits, '-' and '_', starting with a letter)")
+    name = sys.argv[1]
+    with open(SETTINGS) as fh:
+        settings = json.load(fh)
+    group, account = settings["group"], settings["account"]
+    home_base, sacctmgr = settings["home_base"], settings["sacctmgr"]
+    log_dir = settings["job_log_dir"]
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        entry = None
+    if entry is not None and name not in grp.getgrnam(group).gr_mem and entry.pw_gid != grp.getgrnam(group).gr_gid:
+        refuse(f"the account {name!r} exists and is not a lab account; choose another name")
+    if entry is None:
+        run(["useradd", "--create-home", "--home-dir", f"{home_base}/{name}", "--shell", "/bin/bash",
+             "--user-group", "--groups", group, name])
+        entry = pwd.getpwnam(name)
+    logs = os.path.join(entry.pw_dir, log_dir)
+    os.makedirs(logs, mode=0o700, exist_ok=True)
+    path = entry.pw_dir
+    for part in log_dir.split("/"):
+        path = os.path.join(path, part)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    assoc = run([sacctmgr, "-n", "-P", "show", "assoc", f"user={name}", f"account={account}", "format=user"])
+    if not assoc.stdout.strip():
+        run([sacctmgr, "-i", "add", "user", name, f"account={account}", f"defaultaccount={account}"])
+    print(f"aifl-mkuser: {name} ready")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except subprocess.CalledProcessError as exc:
+        print(f"aifl-mkuser: {' '.join(exc.cmd)} failed: {exc.stderr.strip()}", file=sys.stderr)
+        sys.exit(1)

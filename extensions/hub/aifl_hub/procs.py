@@ -1,0 +1,123 @@
+"""Process helpers for `lab`: argv-only commands, detached daemons, health waits and step progress.
+
+Nothing here builds a shell string: every command is an argv list.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class LabError(RuntimeError):
+    """A step of `lab` failed; the message says what and where to look."""
+
+
+def log_tail(path: Path | str, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log file, or a note that it does not exist."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    tail = text.rstrip().splitlines()[-lines:]
+    return "\n".join(f"    {line}" for line in tail) or "    (log is empty)"
+
+
+def run(argv: Sequence[str], *, check: bool = True, input: str | None = None,
+        env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (never through a shell) and return the completed process.
+
+    With ``check`` a non-zero exit raises :class:`LabError` with the command's stderr.
+    """
+    try:
+        proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, env=env,
+                              timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise LabError(f"{argv[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{' '.join(argv)} did not finish within {timeout:.0f} s") from None
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip()
+        raise LabError(f"{' '.join(argv)} failed (exit {proc.returncode}): {detail}")
+    return proc
+
+
+def ok(argv: Sequence[str], timeout: float = 30) -> bool:
+    """True when ``argv`` exits 0."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, timeout=timeout, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def start_daemon(argv: Sequence[str], log: Path, *, user: str | None = None,
+                 env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+    """Start ``argv`` detached in its own session, output appended to ``log``; return its pid.
+
+    With ``user`` it runs as that account (setpriv execs, so the pid is the daemon's own).
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = list(argv)
+    if user:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *cmd]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env=env, cwd=cwd, start_new_session=True)
+    return proc.pid
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with ``pid`` exists (and is not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_for(check: Callable[[], bool], *, what: str, timeout: float = 60, interval: float = 0.2,
+             log: Path | None = None) -> None:
+    """Poll ``check`` until it is true; on timeout raise :class:`LabError` with the log's tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    hint = f"\n  last lines of {log}:\n{log_tail(log)}" if log else ""
+    raise LabError(f"{what} did not become ready within {timeout:.0f} s{hint}")
+
+
+class Progress:
+    """Numbered steps with timing, printed as plain lines so they read well in a log and a terminal."""
+
+    def __init__(self, total: int, stream=None) -> None:
+        self.total, self.done = total, 0
+        self.stream = stream or sys.stdout
+
+    def note(self, text: str) -> None:
+        """Print an indented line under the current step."""
+        print(f"        {text}", file=self.stream, flush=True)
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        """Print ``title`` numbered, run the block, then print how it ended and how long it took."""
+        self.done += 1
+        start = time.monotonic()
+        print(f"[{self.done}/{self.total}] {title} …", file=self.stream, flush=True)
+        try:
+            yield
+        except BaseException:
+            print(f"        failed after {time.monotonic() - start:.1f} s", file=self.stream, flush=True)
+            raise
+        print(f"        done in {time.monotonic() - start:.1f} s", file=self.stream, flush=True)
+
+
+def require_root() -> None:
+    """Stop with a clear message unless running as root."""
+    if os.geteuid() != 0:
+        raise LabError("this command sets up system services: run it as root")

@@ -1,0 +1,95 @@
+"""Build the Slurm batch script for a session: a pure function, no I/O.
+
+Every value that reaches the script is checked against a strict pattern here, even though it was
+validated before (options allowlist, site schema): a value that could change the script's meaning
+(a newline, a space in an #SBATCH line, a quote) raises :class:`ScriptError` instead.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .options import SessionRequest
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_PATH = re.compile(r"^/[A-Za-z0-9_.%/-]*$")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_GPU_TYPE = re.compile(r"^[a-z0-9]{1,16}$")
+
+
+class ScriptError(ValueError):
+    """A value is not safe to put into a batch script."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything about a session job that does not come from the user's options."""
+
+    username: str
+    home: str
+    log_path: str
+    command: Sequence[str]
+    export_names: Sequence[str]
+    path_dirs: Sequence[str]
+    job_name: str = "aifl-lab"
+    gpu_type: str = ""
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ScriptError(f"{what} {value!r} is not allowed in a batch script")
+    return value
+
+
+def _walltime(hours: int) -> str:
+    return f"{hours:d}:00:00"
+
+
+def build_script(request: SessionRequest, job: JobSpec) -> str:
+    """Return the batch script text for ``request`` run as ``job``."""
+    _check(_NAME, job.username, "user name")
+    _check(_PATH, job.home, "home directory")
+    _check(_PATH, job.log_path, "log path")
+    _check(_NAME, job.job_name, "job name")
+    for name in job.export_names:
+        _check(_ENV_NAME, name, "environment variable")
+    for directory in job.path_dirs:
+        _check(_PATH, directory, "PATH entry")
+    for value, what in ((request.partition, "partition"), (request.account, "account"), (request.qos, "QOS")):
+        _check(_NAME, value, what)
+    numbers = {"hours": request.hours, "cpus": request.cpus, "memory": request.memory_gb, "gpus": request.gpus}
+    for what, number in numbers.items():
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise ScriptError(f"{what} must be a non-negative whole number")
+    if not job.command:
+        raise ScriptError("the session command is empty")
+
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={job.job_name}",
+        f"#SBATCH --output={job.log_path}",
+        f"#SBATCH --chdir={job.home}",
+        f"#SBATCH --export={','.join(job.export_names) or 'NONE'}",
+        f"#SBATCH --partition={request.partition}",
+        f"#SBATCH --account={request.account}",
+        f"#SBATCH --qos={request.qos}",
+        f"#SBATCH --time={_walltime(request.hours)}",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks=1",
+        f"#SBATCH --cpus-per-task={request.cpus}",
+        f"#SBATCH --mem={request.memory_gb}G",
+    ]
+    if request.gpus:
+        gpu_type = f"{_check(_GPU_TYPE, job.gpu_type, 'GPU type')}:" if job.gpu_type else ""
+        lines.append(f"#SBATCH --gres=gpu:{gpu_type}{request.gpus}")
+    lines += [
+        "set -euo pipefail",
+        "umask 0077",
+        "export PATH=" + ":".join(shlex.quote(d) for d in job.path_dirs),
+        "exec " + " ".join(shlex.quote(arg) for arg in job.command),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""AI Factory Lab, notebook side: code that runs inside a user's session job."""

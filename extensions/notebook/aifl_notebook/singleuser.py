@@ -1,0 +1,74 @@
+"""Start the single-user server inside the Slurm job and tell the hub its port once it listens.
+
+The server binds to the address of the node Slurm gave the job (not 0.0.0.0) on a free port. A
+background thread waits until that port accepts connections and only then posts
+``{"port": N}`` to the hub, so the hub's first readiness check finds a running server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from urllib.parse import urlparse
+
+
+def node_address() -> str:
+    """The address the hub reaches this node at (the node name Slurm uses, resolved)."""
+    name = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    return socket.gethostbyname(name)
+
+
+def free_port(ip: str) -> int:
+    """A port that is free on ``ip`` right now."""
+    with socket.socket() as sock:
+        sock.bind((ip, 0))
+        return sock.getsockname()[1]
+
+
+def report_port_when_listening(ip: str, port: int, timeout: float = 300) -> None:
+    """Wait until ``ip:port`` accepts connections, then post the port to the hub."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((ip, port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.02)
+    else:
+        print(f"aifl-singleuser: the server did not listen on {ip}:{port}", file=sys.stderr)
+        return
+    url = os.environ["JUPYTERHUB_API_URL"].rstrip("/") + "/batchspawner"
+    request = urllib.request.Request(
+        url, data=json.dumps({"port": port}).encode(), method="POST",
+        headers={"Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}",
+                 "Content-Type": "application/json"})
+    for attempt in range(5):
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                return
+        except OSError as exc:
+            print(f"aifl-singleuser: reporting the port failed ({exc}); retrying", file=sys.stderr)
+            time.sleep(0.5 * (attempt + 1))
+
+
+def main() -> None:
+    """Entry point ``aifl-singleuser [jupyterhub-singleuser arguments]``."""
+    ip = node_address()
+    port = free_port(ip)
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+    scheme = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://x")).scheme or "http"
+    os.environ["JUPYTERHUB_SERVICE_URL"] = f"{scheme}://{ip}:{port}{prefix}"
+    threading.Thread(target=report_port_when_listening, args=(ip, port), daemon=True).start()
+    from jupyterhub.singleuser import main as singleuser_main
+
+    sys.argv = ["jupyterhub-singleuser", *sys.argv[1:]]
+    singleuser_main()
+
+
+if __name__ == "__main__":
+    main()
