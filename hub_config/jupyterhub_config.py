@@ -8,4 +8,4 @@ import os
 
 from aifl_hub.hubconfig import configure
 
-configure(c, os.environ.get("AIFL_SITE_FILE", "/etc/aifl/site.yaml"))  # noqa: F821 - `c` is JupyterHub's config
+configure(c, os.environ.get("AIFL_SITE_FILE", "/etc/aifl/site.yaml"))

@@ -23,24 +23,31 @@ from tornado import web
 PORT_ROUTE = r"/api/batchspawner"
 
 
+def parse_port_report(body: bytes) -> int:
+    """The port from a job's report ``{"port": N}``; anything else raises HTTP 400."""
+    try:
+        data = json.loads(body or b"null")
+    except ValueError:
+        data = None
+    port = data.get("port") if isinstance(data, dict) and set(data) == {"port"} else None
+    if not isinstance(port, int) or isinstance(port, bool) or not 1024 <= port <= 65535:
+        raise web.HTTPError(400, 'Only {"port": <a number from 1024 to 65535>} is accepted')
+    return port
+
+
 class PortAPIHandler(APIHandler):
     """The job reports the port its server listens on; nothing else can be set."""
 
     @web.authenticated
     async def post(self) -> None:
+        """Accept the port from the session's own token while it starts."""
         user = self.current_user
         token = self.get_auth_token()
         spawner = next((s for s in getattr(user, "spawners", {}).values() if s.api_token and s.api_token == token),
                        None)
         if spawner is None:
             raise web.HTTPError(403, "Only a session's own token may report its port")
-        try:
-            body = json.loads(self.request.body or b"null")
-        except ValueError:
-            body = None
-        port = body.get("port") if isinstance(body, dict) and set(body) == {"port"} else None
-        if not isinstance(port, int) or isinstance(port, bool) or not 1024 <= port <= 65535:
-            raise web.HTTPError(400, 'Only {"port": <a number from 1024 to 65535>} is accepted')
+        port = parse_port_report(self.request.body)
         if not spawner.pending:
             raise web.HTTPError(409, "The port can only be reported while the session starts")
         if hasattr(spawner, "set_port"):
@@ -56,6 +63,7 @@ class CheckedUserServerAPIHandler(UserServerAPIHandler):
 
     @needs_scope("start:servers")
     async def post(self, user_name: str, server_name: str = "") -> None:
+        """Refuse disallowed ``user_options`` with HTTP 400, then start as JupyterHub does."""
         body = self.get_server_json_body() or {}
         options = body.get("user_options")
         user = self.find_user(user_name)

@@ -9,6 +9,7 @@ from the Jinja2 templates in :data:`TEMPLATE_DIR` and the site file; :func:`rend
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -25,6 +26,7 @@ import jinja2
 from .procs import LabError, Progress, log_tail, ok, pid_alive, run, start_daemon, wait_for
 from .site import Site
 
+#: The Jinja2 templates: $AIFL_HUB_CONFIG/local-cluster, else <repo>/hub_config/local-cluster (read at import).
 TEMPLATE_DIR = (Path(os.environ["AIFL_HUB_CONFIG"]) if os.environ.get("AIFL_HUB_CONFIG")
                 else Path(__file__).resolve().parents[3] / "hub_config") / "local-cluster"
 
@@ -74,6 +76,7 @@ def node_names(site: Site) -> list[str]:
 
 
 def _gpus_per_node(site: Site) -> int:
+    """GPUs per GPU node; 0 when the site has no GPU nodes."""
     gpu_nodes = site["cluster"].get("gpu_nodes") or {}
     return gpu_nodes.get("gpus_per_node", 0) if gpu_nodes.get("count") else 0
 
@@ -111,6 +114,7 @@ def render_configs(site: Site, *, hostname: str, dbd_password: str) -> dict[str,
 # --- Small system helpers ----------------------------------------------------------------------------
 
 def _short_hostname() -> str:
+    """This machine's name as `hostname -s` prints it."""
     return socket.gethostname().split(".")[0]
 
 
@@ -125,12 +129,14 @@ def _daemon_pid(pid_file: Path, comm: str) -> int | None:
 
 
 def _make_dir(path: Path, owner: str = "root", mode: int = 0o755) -> None:
+    """Create ``path`` (with parents) and set its owner and mode."""
     path.mkdir(parents=True, exist_ok=True)
     os.chown(path, *_ids(owner))
     path.chmod(mode)
 
 
 def _ids(user: str) -> tuple[int, int]:
+    """(uid, gid) of ``user``."""
     entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid
 
@@ -171,30 +177,36 @@ def _as_user(user: str, argv: list[str]) -> list[str]:
     return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
 
 
+def _signal_all(pids: set[int], sig: signal.Signals, wait: float) -> set[int]:
+    """Send ``sig`` to ``pids``, wait up to ``wait`` s for them to end; return those still alive."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    deadline = time.monotonic() + wait
+    while (alive := {pid for pid in pids if pid_alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
 def _stop(pid: int, what: str, timeout: float = 30) -> None:
     """SIGTERM ``pid``, wait, then SIGKILL; raise when it still lives."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not pid_alive(pid):
-                return
-            time.sleep(0.1)
-    raise LabError(f"{what} (pid {pid}) does not stop, not even on SIGKILL")
+    if _signal_all({pid}, signal.SIGTERM, timeout) and _signal_all({pid}, signal.SIGKILL, 5):
+        raise LabError(f"{what} (pid {pid}) does not stop, not even on SIGKILL")
 
 
 # --- munge -------------------------------------------------------------------------------------------
 
 def _munge_works() -> bool:
-    """``munge -n | unmunge`` as two argv processes."""
-    cred = run(["munge", "-n"], check=False, timeout=10)
-    return cred.returncode == 0 and run(["unmunge"], check=False, input=cred.stdout, timeout=10).returncode == 0
+    """``munge -n | unmunge`` as two argv processes: True when a credential round-trips."""
+    try:
+        cred = run(["munge", "-n"], check=False, timeout=10)
+        return cred.returncode == 0 and run(["unmunge"], check=False, input=cred.stdout, timeout=10).returncode == 0
+    except LabError:
+        return False
 
 
 def _up_munge(progress: Progress) -> None:
+    """Create the munge key if missing and start munged (as munge) unless credentials already work."""
     if not MUNGE_KEY.exists():
         run(["mungekey", "--create", f"--keyfile={MUNGE_KEY}"])
         progress.note(f"created {MUNGE_KEY}")
@@ -206,7 +218,7 @@ def _up_munge(progress: Progress) -> None:
         return
     if pid:
         _stop(pid, "munged")
-    for path, mode in ((MUNGE_PID.parent, 0o755), (Path("/var/lib/munge"), 0o700)):
+    for path, mode in ((MUNGE_PID.parent, 0o755), (Path("/var/lib/munge"), 0o711)):
         _make_dir(path, "munge", mode)
     pid = start_daemon(_as_user("munge", ["munged", "--foreground"]), MUNGE_LOG)
     _await(_munge_works, what="munged", alive=lambda: pid_alive(pid), log=MUNGE_LOG, timeout=15)
@@ -216,6 +228,7 @@ def _up_munge(progress: Progress) -> None:
 # --- MariaDB -----------------------------------------------------------------------------------------
 
 def _mariadb_answers() -> bool:
+    """True when MariaDB answers ``mariadb-admin ping``."""
     return ok(["mariadb-admin", "--connect-timeout=2", "ping"], timeout=10)
 
 
@@ -234,7 +247,7 @@ def _up_mariadb(progress: Progress) -> str:
     """Start MariaDB when it does not answer; ensure the database and its user. Return the password."""
     pid = _daemon_pid(MARIADB_PID, "mariadbd")
     if _mariadb_answers():
-        progress.note(f"MariaDB already running (pid {pid})")
+        progress.note("MariaDB already running" + (f" (pid {pid})" if pid else ""))
     else:
         if pid:
             _stop(pid, "mariadbd")
@@ -296,6 +309,7 @@ def _ensure_hosts(names: list[str]) -> None:
 
 
 def _prepare(site: Site, password: str, progress: Progress) -> set[str]:
+    """Directories, configuration files, GPU devices and /etc/hosts; return the config paths that changed."""
     for path, owner in ((RUN_DIR, "slurm"), (LOG_DIR, "slurm"), (STATE_DIR, "slurm"), (SPOOL_DIR, "root"),
                         (AIFL_LOG_DIR, "root")):
         _make_dir(path, owner)
@@ -310,10 +324,12 @@ def _prepare(site: Site, password: str, progress: Progress) -> set[str]:
 # --- slurmdbd, accounting, slurmctld -----------------------------------------------------------------
 
 def _dbd_answers() -> bool:
+    """True when slurmdbd answers ``sacctmgr -n show cluster``."""
     return ok(["sacctmgr", "-n", "show", "cluster"], timeout=15)
 
 
 def _ctld_answers() -> bool:
+    """True when slurmctld answers ``scontrol ping``."""
     return ok(["scontrol", "ping"], timeout=15)
 
 
@@ -335,6 +351,7 @@ def _up_slurm_daemon(name: str, pid_file: Path, log: Path, check: Callable[[], b
 
 
 def _sacctmgr_rows(*args: str) -> list[list[str]]:
+    """``sacctmgr -n -P show ARGS`` split into rows of fields."""
     out = run(["sacctmgr", "-n", "-P", "show", *args], timeout=30).stdout
     return [line.split("|") for line in out.splitlines() if line]
 
@@ -379,10 +396,6 @@ def ensure_user(name: str, account: str) -> None:
 
 # --- slurmd nodes ------------------------------------------------------------------------------------
 
-def _slurmd_pid_file(node: str) -> Path:
-    return RUN_DIR / f"slurmd-{node}.pid"
-
-
 def _slurmd_pids() -> dict[str, int]:
     """Running slurmd's found by pid file: node name -> pid."""
     pids = {}
@@ -395,15 +408,19 @@ def _slurmd_pids() -> dict[str, int]:
 
 def _node_states() -> dict[str, tuple[str, str]]:
     """Node name -> (state as sinfo prints it, reason) from slurmctld; empty when it does not answer."""
-    proc = run(["sinfo", "-h", "-N", "-o", "%N|%T|%E"], check=False, timeout=15)
+    try:
+        proc = run(["sinfo", "-h", "-N", "-o", "%N|%T|%E"], check=False, timeout=15)
+    except LabError:
+        return {}
     states = {}
     for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
         node, state, reason = line.split("|", 2)
-        states[node] = (state, reason)
+        states[node] = (state, "" if reason == "none" else reason)
     return states
 
 
 def _node_healthy(state: str) -> bool:
+    """True for a node that takes jobs: idle, mixed, allocated or completing (and responding)."""
     return state in HEALTHY_NODE_STATES
 
 
@@ -415,14 +432,12 @@ def _up_nodes(site: Site, restart: bool, progress: Progress) -> None:
             _stop(pid, f"slurmd {node}")
             progress.note(f"stopped slurmd {node}" + ("" if node in names else " (node no longer configured)"))
     running = _slurmd_pids()
-    alive = {node: (lambda: True) for node in running}
     for node in names:
         if node not in running:
             run(["slurmd", "-N", node], timeout=30)  # forks into the background once it has read its config
-            alive[node] = _started_daemon(_slurmd_pid_file(node), "slurmd")
             progress.note(f"slurmd {node} started")
     resumed: set[str] = set()
-    deadline = time.monotonic() + 60
+    started = time.monotonic()
     while True:
         states = _node_states()
         for node, (state, reason) in states.items():
@@ -430,11 +445,12 @@ def _up_nodes(site: Site, restart: bool, progress: Progress) -> None:
                 run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
                 resumed.add(node)
                 progress.note(f"resumed node {node} (was {state}: {reason or 'no reason given'})")
-        bad = [n for n in names if not _node_healthy(states.get(n, ("", ""))[0])]
+        pids = _slurmd_pids()
+        bad = [n for n in names if n not in pids or not _node_healthy(states.get(n, ("", ""))[0])]
         if not bad:
             break
-        dead = [n for n in bad if not alive[n]()]
-        if dead or time.monotonic() > deadline:
+        dead = [n for n in bad if n not in pids] if time.monotonic() - started > 3 else []
+        if dead or time.monotonic() - started > 60:
             node = (dead or bad)[0]
             state, reason = states.get(node, ("unknown", ""))
             why = "slurmd stopped" if dead else f"state {state}{f' ({reason})' if reason else ''}"
@@ -493,21 +509,10 @@ def _stop_job_steps(progress: Progress) -> None:
             continue
     if not steps:
         return
-    pids = _descendants(steps)
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-            time.sleep(0.1)
-        pids = {p for p in pids if pid_alive(p)}
-        if not pids:
-            break
-    if pids:
-        raise LabError(f"job processes {sorted(pids)} do not stop, not even on SIGKILL")
+    jobs = _descendants(steps) - steps
+    left = _signal_all(jobs, signal.SIGTERM, 5) | steps  # slurmstepd ignores SIGTERM
+    if _signal_all(left, signal.SIGKILL, 5):
+        raise LabError(f"job processes {sorted(left)} do not stop, not even on SIGKILL")
     progress.note(f"stopped {len(steps)} job step(s) and their processes")
 
 
@@ -529,6 +534,7 @@ def down(progress: Progress) -> None:
 
 
 def _daemon_status(part: str, pid: int | None, check: Callable[[], bool], works: str) -> tuple[str, bool, str]:
+    """One status row: not running, running and answering, or running but not answering."""
     if not pid:
         return part, False, "not running"
     if check():

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 
 class LabError(RuntimeError):
@@ -95,7 +96,7 @@ def wait_for(check: Callable[[], bool], *, what: str, timeout: float = 60, inter
 class Progress:
     """Numbered steps with timing, printed as plain lines so they read well in a log and a terminal."""
 
-    def __init__(self, total: int, stream=None) -> None:
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
         self.total, self.done = total, 0
         self.stream = stream or sys.stdout
 

@@ -43,10 +43,12 @@ class JobInfo:
 
     @property
     def pending(self) -> bool:
+        """Queued (or held) and not yet running."""
         return self.state in PENDING_STATES
 
     @property
     def running(self) -> bool:
+        """Running on a node (or finishing there)."""
         return self.state in RUNNING_STATES
 
 
@@ -59,14 +61,14 @@ async def run_argv(argv: Sequence[str], *, input: str | None = None,
         env=dict(env) if env is not None else None, cwd="/")
     try:
         out, err = await asyncio.wait_for(proc.communicate(input.encode() if input is not None else None), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         raise SlurmUnavailable(argv, -9, f"no answer within {timeout:.0f} s") from None
     if proc.returncode != 0:
         stderr = err.decode(errors="replace")
-        cls = SlurmUnavailable if "Unable to contact slurm controller" in stderr or "timed out" in stderr else SlurmError
-        raise cls(argv, proc.returncode or 1, stderr)
+        unreachable = "Unable to contact slurm controller" in stderr or "timed out" in stderr
+        raise (SlurmUnavailable if unreachable else SlurmError)(argv, proc.returncode or 1, stderr)
     return out.decode(errors="replace")
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from batchspawner import SlurmSpawner
 from jinja2 import Environment, PackageLoader, select_autoescape
 from tornado import web
-from traitlets import Float, List, Unicode, default
+from traitlets import Dict, Float, List, Unicode, default
 
 from .i18n import gettext_for, pick_language
 from .options import OptionsError, SessionRequest, profiles_by_slug, validate_options
@@ -221,7 +221,7 @@ class SlurmLabSpawner(SlurmSpawner):
                 break
             try:
                 await asyncio.wait_for(self.port_ready.wait(), timeout=self.job_check_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self.log.info("Job %s of %s serves on %s:%s", self.job_id, self.user.name, node, self.port)
         return node, self.port
@@ -282,7 +282,7 @@ class SlurmLabSpawner(SlurmSpawner):
             await asyncio.sleep(0.5)
 
     # ---- state kept in the hub database ------------------------------------------------------
-    last_end: dict[str, str] = {}
+    last_end = Dict(help="Why the last session ended outside the lab: job id and Slurm state (kept in hub state).")
 
     def end_message(self) -> str:
         """Why the last session ended outside the lab, in the user's language, or ''."""

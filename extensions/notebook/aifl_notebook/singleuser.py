@@ -43,13 +43,15 @@ def report_port_when_listening(ip: str, port: int, timeout: float = 300) -> None
         print(f"aifl-singleuser: the server did not listen on {ip}:{port}", file=sys.stderr)
         return
     url = os.environ["JUPYTERHUB_API_URL"].rstrip("/") + "/batchspawner"
-    request = urllib.request.Request(
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"JUPYTERHUB_API_URL is not an http(s) URL: {url}")
+    request = urllib.request.Request(  # noqa: S310 - checked above
         url, data=json.dumps({"port": port}).encode(), method="POST",
         headers={"Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}",
                  "Content-Type": "application/json"})
     for attempt in range(5):
         try:
-            with urllib.request.urlopen(request, timeout=10):
+            with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - the hub's API URL
                 return
         except OSError as exc:
             print(f"aifl-singleuser: reporting the port failed ({exc}); retrying", file=sys.stderr)

@@ -1,0 +1,51 @@
+"""Message catalogs: every message the hub side uses has a Dutch translation with the same fields."""
+
+import re
+import string
+from pathlib import Path
+
+import aifl_hub
+import pytest
+from aifl_hub.i18n import pick_language, translations
+from babel.messages.extract import extract_from_dir
+
+PACKAGE = Path(aifl_hub.__file__).parent
+
+
+def _messages():
+    found = extract_from_dir(str(PACKAGE), method_map=[("**.py", "python")], keywords={"_": None})
+    return {m[2] for m in found if isinstance(m[2], str)}
+
+
+def _template_messages():
+    pattern = re.compile(r'_\("((?:[^"\\]|\\.)*)"\)')
+    return {m for f in (PACKAGE / "templates").rglob("*.html") for m in pattern.findall(f.read_text())}
+
+
+MESSAGES = sorted(_messages() | _template_messages())
+
+
+def test_messages_were_found():
+    assert "What do you need?" in MESSAGES
+    assert len(MESSAGES) >= 10
+
+
+@pytest.mark.parametrize("message", MESSAGES)
+def test_every_message_has_a_dutch_translation_with_the_same_fields(message):
+    dutch = translations("nl").gettext(message)
+    assert dutch != message, f"no Dutch translation for {message!r}"
+    fields = {f[1] for f in string.Formatter().parse(message) if f[1]}
+    assert {f[1] for f in string.Formatter().parse(dutch) if f[1]} == fields
+
+
+@pytest.mark.parametrize(("header", "cookie", "expected"), [
+    ("nl-NL,nl;q=0.9,en;q=0.8", None, "nl"),
+    ("en-GB,en;q=0.9,nl;q=0.5", None, "en"),
+    ("de-DE,de;q=0.9", None, "en"),
+    ("de-DE,nl;q=0.3", None, "nl"),
+    ("nl", "en", "en"),
+    (None, "xx", "en"),
+    ("en;q=abc,nl;q=0.2", None, "nl"),
+])
+def test_language_choice(header, cookie, expected):
+    assert pick_language(header, cookie) == expected
