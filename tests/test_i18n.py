@@ -49,3 +49,10 @@ def test_every_message_has_a_dutch_translation_with_the_same_fields(message):
 ])
 def test_language_choice(header, cookie, expected):
     assert pick_language(header, cookie) == expected
+
+
+def test_non_ascii_translations_are_decoded_as_utf8():
+    dutch = translations("nl").gettext(
+        "Your last session (job {job}) was ended outside the lab: Slurm reports {state}. "
+        "Your files are kept; the job log is in {log}.")
+    assert "beëindigd" in dutch

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import inspect
 
+from jupyterhub.auth import Authenticator
 from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from oauthenticator.generic import GenericOAuthenticator
 from traitlets import Bool, List, Unicode
 
@@ -17,7 +19,7 @@ from .slurm import SlurmError, run_argv
 USERNAME_PATTERN = r"^[a-z][a-z0-9_-]{0,30}$"
 
 
-class LocalAccountsMixin:
+class LocalAccountsMixin(Authenticator):
     """Create a Unix account for each user the hub adds (when ``create_local_accounts``)."""
 
     create_local_accounts = Bool(
@@ -42,10 +44,36 @@ class LocalAccountsMixin:
             await result
 
 
+class _NoStatsd:
+    """Stands in for the statsd client that JupyterHub 6 removed and NativeAuthenticator 1.3 still times with."""
+
+    def timer(self, name: str) -> _NoStatsd:
+        """Return a timer that records nothing."""
+        return self
+
+    def start(self) -> _NoStatsd:
+        """Start nothing."""
+        return self
+
+    def stop(self, send: bool = True) -> None:
+        """Stop nothing."""
+
+
+class LabLoginHandler(NativeLoginHandler):
+    """NativeAuthenticator's login page, working on JupyterHub 6."""
+
+    statsd = _NoStatsd()
+
+
 class LabNativeAuthenticator(LocalAccountsMixin, NativeAuthenticator):
     """People sign up; an admin approves them; approved users get their accounts."""
 
     username_pattern = Unicode(USERNAME_PATTERN).tag(config=True)
+
+    def get_handlers(self, app) -> list[tuple]:  # noqa: ANN001 - the JupyterHub application
+        """NativeAuthenticator's pages, with the login page that works on JupyterHub 6."""
+        return [(route, LabLoginHandler if handler is NativeLoginHandler else handler)
+                for route, handler in super().get_handlers(app)]
 
 
 class LabOAuthenticator(LocalAccountsMixin, GenericOAuthenticator):

@@ -256,6 +256,7 @@ def ensure_admin(site: Site, progress: Progress) -> None:
     name = site["hub"]["admin_users"][0]
     password = secrets.token_urlsafe(15)
     base = f"http://{site['hub']['ip']}:{site['hub']['port']}/hub"
+    _write(CREDENTIALS, f"user: {name}\npassword: {password}\n", 0o600)
     with requests.Session() as http:
         http.get(f"{base}/signup", timeout=10)
         xsrf = http.cookies.get("_xsrf", "")
@@ -265,9 +266,9 @@ def ensure_admin(site: Site, progress: Progress) -> None:
         login = http.post(f"{base}/login", data={"username": name, "password": password, "_xsrf": xsrf},
                           timeout=30, allow_redirects=False)
     if reply.status_code >= 400 or login.status_code not in (302, 303):
+        CREDENTIALS.unlink()
         raise LabError(f"could not create the admin account {name!r} (signup: HTTP {reply.status_code}, "
                        f"login: HTTP {login.status_code}); if it exists already, reset its password in the hub")
-    _write(CREDENTIALS, f"user: {name}\npassword: {password}\n", 0o600)
     print(f"\n  First admin account (shown once; also stored in {CREDENTIALS}, readable by root only):\n"
           f"    user:     {name}\n    password: {password}\n")
 

@@ -1,10 +1,11 @@
 """The embedded local Slurm cluster: munge, MariaDB, slurmdbd, slurmctld and one slurmd per virtual node.
 
-`lab up` calls :func:`up`, `lab down` :func:`down` and `lab status` :func:`status`. Everything runs on this
-machine without systemd. munged and mariadbd run in the foreground as detached processes
-(procs.start_daemon, output in /var/log/aifl/); the Slurm daemons fork into the background themselves and
-log to /var/log/slurm/. Every daemon is found again through the pid file it writes. The configuration comes
-from the Jinja2 templates in :data:`TEMPLATE_DIR` and the site file; :func:`render_configs` is pure.
+`lab up` calls :func:`up`, `lab down` :func:`down` and `lab status` :func:`status`; up and down run inside a
+step of the caller's Progress and report with ``progress.note`` only. There is no systemd: munged and mariadbd
+run in the foreground as detached processes (procs.start_daemon, output in /var/log/aifl/); the Slurm daemons
+fork into the background themselves and log to /var/log/slurm/. Every daemon is found again through the pid
+file it writes. The configuration comes from the Jinja2 templates in :data:`TEMPLATE_DIR` and the site file;
+:func:`render_configs` is pure.
 """
 
 from __future__ import annotations
@@ -26,14 +27,6 @@ import jinja2
 from .procs import LabError, Progress, log_tail, ok, pid_alive, run, start_daemon, wait_for
 from .site import Site
 
-#: The Jinja2 templates: $AIFL_HUB_CONFIG/local-cluster, else <repo>/hub_config/local-cluster (read at import).
-TEMPLATE_DIR = (Path(os.environ["AIFL_HUB_CONFIG"]) if os.environ.get("AIFL_HUB_CONFIG")
-                else Path(__file__).resolve().parents[3] / "hub_config") / "local-cluster"
-
-#: How many ``progress.step`` calls :func:`up` and :func:`down` make (for the caller's Progress total).
-UP_STEPS = 6
-DOWN_STEPS = 1
-
 SLURM_ETC = Path("/etc/slurm")
 SLURM_CONF, GRES_CONF, DBD_CONF = (SLURM_ETC / n for n in ("slurm.conf", "gres.conf", "slurmdbd.conf"))
 RUN_DIR = Path("/run/slurm")
@@ -51,6 +44,19 @@ FIRST_NODE_PORT = 17001
 HOSTS_FILE, HOSTS_MARK = Path("/etc/hosts"), "# aifl embedded cluster nodes"
 HEALTHY_NODE_STATES = {"idle", "mixed", "allocated", "completing"}
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+
+
+def _template_dir() -> Path:
+    """$AIFL_HUB_CONFIG/local-cluster when that variable is set, else <repo>/hub_config/local-cluster."""
+    hub_config = os.environ.get("AIFL_HUB_CONFIG") or Path(__file__).resolve().parents[3] / "hub_config"
+    return Path(hub_config) / "local-cluster"
+
+
+def __getattr__(name: str) -> Path:
+    """``TEMPLATE_DIR``, looked up on each access: the CLI sets AIFL_HUB_CONFIG after importing this module."""
+    if name == "TEMPLATE_DIR":
+        return _template_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- Pure part: node list and configuration files --------------------------------------------------
@@ -97,8 +103,9 @@ def render_configs(site: Site, *, hostname: str, dbd_password: str) -> dict[str,
         part["default"] = part["name"] == default
     gpus = _gpus_per_node(site)
     gpu_type = site["cluster"]["gpu_nodes"].get("gpu_type", "") if gpus else ""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, keep_trailing_newline=True, autoescape=False)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_template_dir()), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, keep_trailing_newline=True,
+                             autoescape=False)  # noqa: S701 -- Slurm config files, not HTML
     values = {
         "site_name": site["site"]["name"], "cluster_name": site["cluster"]["name"], "hostname": hostname,
         "nodes": nodes, "partitions": list(partitions.values()),
@@ -114,7 +121,7 @@ def render_configs(site: Site, *, hostname: str, dbd_password: str) -> dict[str,
 # --- Small system helpers ----------------------------------------------------------------------------
 
 def _short_hostname() -> str:
-    """This machine's name as `hostname -s` prints it."""
+    """The machine's name as `hostname -s` prints it."""
     return socket.gethostname().split(".")[0]
 
 
@@ -220,9 +227,10 @@ def _up_munge(progress: Progress) -> None:
         _stop(pid, "munged")
     for path, mode in ((MUNGE_PID.parent, 0o755), (Path("/var/lib/munge"), 0o711)):
         _make_dir(path, "munge", mode)
+    start = time.monotonic()
     pid = start_daemon(_as_user("munge", ["munged", "--foreground"]), MUNGE_LOG)
     _await(_munge_works, what="munged", alive=lambda: pid_alive(pid), log=MUNGE_LOG, timeout=15)
-    progress.note(f"munged started (pid {pid})")
+    progress.note(f"munged started (pid {pid}) in {time.monotonic() - start:.1f} s")
 
 
 # --- MariaDB -----------------------------------------------------------------------------------------
@@ -255,10 +263,12 @@ def _up_mariadb(progress: Progress) -> str:
         if not Path("/var/lib/mysql/mysql").is_dir():
             run(["mariadb-install-db", "--user=mysql", "--datadir=/var/lib/mysql", "--skip-test-db"])
             progress.note("initialised /var/lib/mysql")
-        pid = start_daemon(["mariadbd", "--user=mysql", "--innodb-lock-wait-timeout=900"], MARIADB_LOG)
+        start = time.monotonic()
+        pid = start_daemon(["mariadbd", "--user=mysql", "--innodb-buffer-pool-size=256M",
+                            "--innodb-lock-wait-timeout=900"], MARIADB_LOG)
         _await(_mariadb_answers, what="MariaDB (mariadbd)", alive=lambda: pid_alive(pid), log=MARIADB_LOG,
                timeout=60)
-        progress.note(f"MariaDB started (pid {pid})")
+        progress.note(f"MariaDB started (pid {pid}) in {time.monotonic() - start:.1f} s")
     password = _db_password()
     user = "'slurm'@'localhost'"
     run(["mariadb", "--batch"], input=(
@@ -345,9 +355,10 @@ def _up_slurm_daemon(name: str, pid_file: Path, log: Path, check: Callable[[], b
         return
     elif pid:
         _stop(pid, name)
+    start = time.monotonic()
     run(_as_user("slurm", [name]), timeout=30)  # forks into the background once it has read its config
     _await(check, what=name, alive=_started_daemon(pid_file, name), log=log, timeout=60)
-    progress.note(f"{name} started (pid {_daemon_pid(pid_file, name)})")
+    progress.note(f"{name} started (pid {_daemon_pid(pid_file, name)}) in {time.monotonic() - start:.1f} s")
 
 
 def _sacctmgr_rows(*args: str) -> list[list[str]]:
@@ -427,17 +438,20 @@ def _node_healthy(state: str) -> bool:
 def _up_nodes(site: Site, restart: bool, progress: Progress) -> None:
     """Start a slurmd per node, stop those of nodes no longer configured, wait until all nodes are usable."""
     names = node_names(site)
+    stopped = []
     for node, pid in _slurmd_pids().items():
         if node not in names or restart:
             _stop(pid, f"slurmd {node}")
-            progress.note(f"stopped slurmd {node}" + ("" if node in names else " (node no longer configured)"))
-    running = _slurmd_pids()
-    for node in names:
-        if node not in running:
-            run(["slurmd", "-N", node], timeout=30)  # forks into the background once it has read its config
-            progress.note(f"slurmd {node} started")
+            stopped.append(node if node in names else f"{node} (no longer configured)")
+    if stopped:
+        progress.note(f"stopped slurmd for {', '.join(stopped)}")
+    started, running = time.monotonic(), _slurmd_pids()
+    missing = [node for node in names if node not in running]
+    for node in missing:
+        run(["slurmd", "-N", node], timeout=30)  # forks into the background once it has read its config
+    if missing:
+        progress.note(f"started slurmd for {', '.join(missing)}")
     resumed: set[str] = set()
-    started = time.monotonic()
     while True:
         states = _node_states()
         for node, (state, reason) in states.items():
@@ -457,27 +471,21 @@ def _up_nodes(site: Site, restart: bool, progress: Progress) -> None:
             log = LOG_DIR / f"slurmd-{node}.log"
             raise LabError(f"node {node} is not usable: {why}\n  last lines of {log}:\n{log_tail(log)}")
         time.sleep(0.2)
-    progress.note(f"{len(names)} nodes usable: {', '.join(names)}")
+    progress.note(f"{len(names)} nodes take jobs ({time.monotonic() - started:.1f} s): {', '.join(names)}")
 
 
 # --- Public entry points -----------------------------------------------------------------------------
 
 def up(site: Site, progress: Progress) -> None:
     """Start the whole local cluster; quick and without changes when it already runs."""
-    with progress.step("munge (authentication between the Slurm daemons)"):
-        _up_munge(progress)
-    with progress.step("MariaDB (the accounting database)"):
-        password = _up_mariadb(progress)
-    with progress.step("Slurm configuration, emulated GPUs and /etc/hosts"):
-        changed = _prepare(site, password, progress)
-    with progress.step("slurmdbd and the accounts"):
-        _up_slurm_daemon("slurmdbd", DBD_PID, DBD_LOG, _dbd_answers, str(DBD_CONF) in changed, progress)
-        ensure_accounting(site)
+    _up_munge(progress)
+    password = _up_mariadb(progress)
+    changed = _prepare(site, password, progress)
+    _up_slurm_daemon("slurmdbd", DBD_PID, DBD_LOG, _dbd_answers, str(DBD_CONF) in changed, progress)
+    ensure_accounting(site)  # before slurmctld first registers the cluster with slurmdbd
     slurm_changed = bool(changed & {str(SLURM_CONF), str(GRES_CONF)})
-    with progress.step("slurmctld (the scheduler)"):
-        _up_slurm_daemon("slurmctld", CTLD_PID, CTLD_LOG, _ctld_answers, slurm_changed, progress)
-    with progress.step(f"slurmd on {len(node_names(site))} virtual nodes"):
-        _up_nodes(site, slurm_changed, progress)
+    _up_slurm_daemon("slurmctld", CTLD_PID, CTLD_LOG, _ctld_answers, slurm_changed, progress)
+    _up_nodes(site, slurm_changed, progress)
 
 
 def _descendants(roots: set[int]) -> set[int]:
@@ -518,19 +526,19 @@ def _stop_job_steps(progress: Progress) -> None:
 
 def down(progress: Progress) -> None:
     """Stop the slurmd's, slurmctld, slurmdbd, MariaDB and munged, in that order."""
-    with progress.step("Stopping the local Slurm cluster"):
-        for node, pid in _slurmd_pids().items():
-            _stop(pid, f"slurmd {node}")
-            progress.note(f"stopped slurmd {node}")
-        _stop_job_steps(progress)
-        for name, pid_file in (("slurmctld", CTLD_PID), ("slurmdbd", DBD_PID), ("mariadbd", MARIADB_PID),
-                               ("munged", MUNGE_PID)):
-            pid = _daemon_pid(pid_file, name)
-            if pid:
-                _stop(pid, name, timeout=60)
-                progress.note(f"stopped {name}")
-            else:
-                progress.note(f"{name} was not running")
+    slurmds = _slurmd_pids()
+    for node, pid in slurmds.items():
+        _stop(pid, f"slurmd {node}")
+    progress.note(f"stopped slurmd for {', '.join(slurmds)}" if slurmds else "no slurmd was running")
+    _stop_job_steps(progress)
+    for name, pid_file in (("slurmctld", CTLD_PID), ("slurmdbd", DBD_PID), ("mariadbd", MARIADB_PID),
+                           ("munged", MUNGE_PID)):
+        pid = _daemon_pid(pid_file, name)
+        if pid:
+            _stop(pid, name, timeout=60)
+            progress.note(f"stopped {name}")
+        else:
+            progress.note(f"{name} was not running")
 
 
 def _daemon_status(part: str, pid: int | None, check: Callable[[], bool], works: str) -> tuple[str, bool, str]:

@@ -15,7 +15,7 @@ HUB_API_PORT = 8081
 
 def end_message(user: Any) -> str:
     """Template variable: why the user's last session ended outside the lab (or '')."""
-    spawner = user.spawners.get("") if user is not None and hasattr(user, "spawners") else None
+    spawner = getattr(user, "spawner", None)  # the default server's spawner (made on first use)
     return spawner.end_message() if spawner is not None and hasattr(spawner, "end_message") else ""
 
 

@@ -25,7 +25,7 @@ def translations(lang: str) -> gettext.NullTranslations:
         return gettext.NullTranslations()
     po = resources.files(__package__).joinpath(f"locale/{lang}/LC_MESSAGES/aifl.po")
     with po.open("rb") as fh:
-        catalog = read_po(fh, locale=lang)
+        catalog = read_po(fh, locale=lang, charset="utf-8")
     buf = BytesIO()
     write_mo(buf, catalog)
     buf.seek(0)

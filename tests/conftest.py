@@ -1,0 +1,153 @@
+"""Shared fixtures: the running lab (started by the tests themselves when it is not up) and a hub client."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+STATE = Path("/var/lib/aifl")
+BASE = "http://127.0.0.1:8000"
+
+
+def lab(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """Run ./lab with ``args`` and return the completed process (output captured)."""
+    return subprocess.run([str(REPO / "lab"), *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def lab_system():
+    """The whole system (cluster, proxy, hub). Started here if it is not running; then stopped again."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab's integration tests run as root (they start system services)")
+    started_here = lab("status").returncode != 0
+    if started_here:
+        up = lab("up")
+        assert up.returncode == 0, f"./lab up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}"
+    yield
+    if started_here and not os.environ.get("AIFL_KEEP_RUNNING"):
+        lab("down")
+
+
+def slurm(*argv: str) -> str:
+    """Run a Slurm client command as root and return its stdout."""
+    return subprocess.run(list(argv), capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+@dataclass
+class Hub:
+    """A small REST client for the hub, with the lab's service token."""
+
+    base: str = BASE
+    token: str = field(default_factory=lambda: (STATE / "lab-service-token").read_text().strip())
+
+    def api(self, method: str, path: str, token: str | None = None, headers: dict | None = None,
+            **kw) -> requests.Response:
+        headers = {"Authorization": f"token {token or self.token}", **(headers or {})}
+        return requests.request(method, f"{self.base}/hub/api{path}", headers=headers, timeout=60, **kw)
+
+    def new_user(self, prefix: str = "t") -> tuple[str, str]:
+        """Create a fresh user (and their Unix account); return (name, that user's own API token)."""
+        name = f"{prefix}{secrets.token_hex(3)}"
+        r = self.api("POST", f"/users/{name}")
+        assert r.status_code == 201, r.text
+        r = self.api("POST", f"/users/{name}/tokens", json={"note": "tests", "expires_in": 3600})
+        assert r.status_code == 201, r.text
+        return name, r.json()["token"]
+
+    def server(self, name: str) -> dict | None:
+        return self.api("GET", f"/users/{name}").json()["servers"].get("")
+
+    def wait_ready(self, name: str, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            server = self.server(name)
+            if server and server["ready"]:
+                return server
+            time.sleep(0.2)
+        raise AssertionError(f"{name}'s server was not ready within {timeout} s: {self.server(name)}")
+
+    def wait_gone(self, name: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server(name) is None:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{name}'s server still exists after {timeout} s")
+
+    def job_of(self, name: str) -> str:
+        """The Slurm job id of the user's session, from Slurm itself."""
+        jobs = slurm("squeue", "-h", "-u", name, "-o", "%i").split()
+        assert len(jobs) == 1, f"expected one job of {name}, found {jobs}"
+        return jobs[0]
+
+
+def browser_session(name: str, password: str, *, signup: bool = False) -> requests.Session:
+    """A logged-in cookie session for ``name`` (signing up first, and approved by the admin, if ``signup``)."""
+    session = requests.Session()
+    session.get(f"{BASE}/hub/login", timeout=10)
+    xsrf = session.cookies.get("_xsrf", "")
+    if signup:
+        r = session.post(f"{BASE}/hub/signup", timeout=30, data={
+            "username": name, "signup_password": password, "signup_password_confirmation": password, "_xsrf": xsrf})
+        assert r.status_code == 200, r.text[-500:]
+        admin_name, admin_password = (line.split(": ", 1)[1] for line in
+                                      Path("/etc/aifl/admin-credentials").read_text().splitlines()[:2])
+        with browser_session(admin_name, admin_password) as admin:
+            r = admin.get(f"{BASE}/hub/authorize/{name}", timeout=30)
+            assert r.status_code == 200, r.text[-500:]
+    r = session.post(f"{BASE}/hub/login", data={"username": name, "password": password, "_xsrf": xsrf},
+                     timeout=60, allow_redirects=False)
+    assert r.status_code in (302, 303), f"login of {name} failed: HTTP {r.status_code}"
+    return session
+
+
+@pytest.fixture(scope="session")
+def hub(lab_system) -> Hub:
+    """A hub client; waits until the hub answers through the proxy."""
+    client = Hub()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if client.api("GET", "/").status_code == 200:
+                return client
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("the hub did not answer through the proxy")
+
+
+@pytest.fixture
+def users(hub):
+    """Make fresh users with ``users()``; their servers are stopped and the users removed afterwards."""
+    made: list[str] = []
+
+    def make(prefix: str = "t") -> tuple[str, str]:
+        name, token = hub.new_user(prefix)
+        made.append(name)
+        return name, token
+
+    def make_with_login(prefix: str = "w") -> tuple[str, str, requests.Session]:
+        """A user who signed up with a password, was approved and is logged in (cookie session)."""
+        name, password = f"{prefix}{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+        session = browser_session(name, password, signup=True)
+        made.append(name)
+        r = hub.api("POST", f"/users/{name}/tokens", json={"note": "tests", "expires_in": 3600})
+        assert r.status_code == 201, r.text
+        return name, r.json()["token"], session
+
+    make.with_login = make_with_login
+
+    yield make
+    for name in made:
+        if hub.server(name) is not None:
+            hub.api("DELETE", f"/users/{name}/server")
+            hub.wait_gone(name)
+        hub.api("DELETE", f"/users/{name}")

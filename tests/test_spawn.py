@@ -1,0 +1,148 @@
+"""Spawning on the real local cluster: user, node, GPU, accounting, stop, hub restart, outside scancel."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import BASE, Hub, lab, slurm
+
+pytestmark = pytest.mark.cluster
+
+
+def environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return {}
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
+def job_processes(job_id: str) -> list[int]:
+    """The job's processes (all virtual nodes share this host: find them by their SLURM_JOB_ID)."""
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    return sorted(pid for pid in pids if environ(pid).get("SLURM_JOB_ID") == job_id)
+
+
+def spawn(hub: Hub, name: str, token: str, options: dict, lang: str = "en") -> dict:
+    r = hub.api("POST", f"/users/{name}/server", token=token, json={"user_options": options},
+                headers={"Accept-Language": lang})
+    assert r.status_code in (201, 202), r.text
+    return hub.wait_ready(name)
+
+
+def test_gpu_session_runs_as_the_user_with_one_gpu_and_is_accounted(hub, users):
+    name, token = users()
+    server = spawn(hub, name, token, {"profile": "gpu-1", "hours": 1})
+    # The server answers through the proxy, for its user.
+    status = requests.get(f"{BASE}{server['url']}api/status", headers={"Authorization": f"token {token}"}, timeout=10)
+    assert status.status_code == 200
+    job = hub.job_of(name)
+    user, node, partition, gres = slurm("squeue", "-h", "-j", job, "-o", "%u|%N|%P|%b").strip().split("|")
+    assert (user, partition) == (name, "gpu")
+    assert node.startswith("gpu")
+    assert gres.endswith("gpu:h200:1")
+    # The server process runs as the user's own Unix account and sees exactly one GPU.
+    pids = job_processes(job)
+    assert pids
+    uid = pwd.getpwnam(name).pw_uid
+    assert all(os.stat(f"/proc/{pid}").st_uid == uid for pid in pids)
+    env = environ(pids[0])
+    assert env["SLURM_JOB_GPUS"] in {"0", "1", "2", "3"}
+    assert env.get("CUDA_VISIBLE_DEVICES", env["SLURM_JOB_GPUS"]).count(",") == 0
+    assert "CONFIGPROXY_AUTH_TOKEN" not in env
+    # Accounting: the job is under the user's account, with one GPU.
+    deadline = time.monotonic() + 20
+    while True:  # slurmdbd fills in the QOS of a just-started job a moment later
+        acct = slurm("sacct", "-n", "-X", "-P", "-j", job, "-o", "User,Account,QOS,AllocTRES").strip().split("|")
+        if acct[2] != "Unknown" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert acct[:3] == [name, "lab", "interactive"]
+    assert "gres/gpu=1" in acct[3]
+    # Stop cancels the job.
+    assert hub.api("DELETE", f"/users/{name}/server", token=token).status_code in (202, 204)
+    hub.wait_gone(name)
+    deadline = time.monotonic() + 30
+    while "RUNNING" in slurm("sacct", "-n", "-X", "-j", job, "-o", "State") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "CANCELLED" in slurm("sacct", "-n", "-X", "-j", job, "-o", "State")
+
+
+def test_cpu_profile_runs_on_the_cpu_partition_without_gpu(hub, users):
+    name, token = users()
+    spawn(hub, name, token, {"profile": "cpu-small"})
+    job = hub.job_of(name)
+    partition, gres = slurm("squeue", "-h", "-j", job, "-o", "%P|%b").strip().split("|")
+    assert partition == "cpu"
+    assert "gpu" not in gres
+    assert "SLURM_JOB_GPUS" not in environ(job_processes(job)[0])
+    hub.api("DELETE", f"/users/{name}/server", token=token)
+    hub.wait_gone(name)
+
+
+def test_hub_restart_keeps_the_session_and_its_connections(hub, users):
+    name, token = users()
+    server = spawn(hub, name, token, {"profile": "cpu-small"})
+    job = hub.job_of(name)
+    url = f"{BASE}{server['url']}api/status"
+    headers = {"Authorization": f"token {token}"}
+    failures: list[str] = []
+    stop = threading.Event()
+    # The user is working in the session (the server knows them) before the hub goes away.
+    assert requests.get(url, headers=headers, timeout=10).status_code == 200
+
+    def keep_asking() -> None:
+        # A user's open session keeps talking to its server while the hub restarts.
+        with requests.Session() as session:
+            while not stop.is_set():
+                try:
+                    code = session.get(url, headers=headers, timeout=10).status_code
+                    if code != 200:
+                        failures.append(str(code))
+                except requests.RequestException as exc:
+                    failures.append(type(exc).__name__)
+                time.sleep(0.1)
+
+    watcher = threading.Thread(target=keep_asking)
+    watcher.start()
+    try:
+        hub_pid = int(Path("/run/aifl/hub.pid").read_text())
+        os.kill(hub_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{hub_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)  # the session is served while no hub runs at all
+        up = lab("up")
+        assert up.returncode == 0, up.stderr[-2000:]
+    finally:
+        stop.set()
+        watcher.join()
+    assert failures == []
+    assert hub.job_of(name) == job
+    assert hub.wait_ready(name)["url"] == server["url"]
+    assert requests.get(url, headers=headers, timeout=10).status_code == 200
+    hub.api("DELETE", f"/users/{name}/server", token=token)
+    hub.wait_gone(name)
+
+
+def test_scancel_from_outside_is_noticed_and_explained(hub, users):
+    name, token, browser = users.with_login()
+    spawn(hub, name, token, {"profile": "cpu-small"}, lang="nl")
+    job = hub.job_of(name)
+    slurm("scancel", job)
+    hub.wait_gone(name, timeout=60)
+    page = browser.get(f"{BASE}/hub/home", timeout=10)
+    assert page.status_code == 200
+    assert page.url.endswith("/hub/home")
+    # In the language the user started the session in.
+    assert f"Je laatste sessie (taak {job}) is buiten het lab beëindigd: Slurm meldt CANCELLED" in page.text
+    log = Path(pwd.getpwnam(name).pw_dir) / ".aifl" / "logs" / f"session-{job}.log"
+    assert log.exists()
