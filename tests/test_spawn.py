@@ -143,6 +143,6 @@ def test_scancel_from_outside_is_noticed_and_explained(hub, users):
     assert page.status_code == 200
     assert page.url.endswith("/hub/home")
     # In the language the user started the session in.
-    assert f"Je laatste sessie (taak {job}) is buiten het lab beëindigd: Slurm meldt CANCELLED" in page.text
+    assert f"Je laatste sessie (taak {job}) is buiten het lab beëindigd: Slurm meldt CANCELLED" in page.content.decode()
     log = Path(pwd.getpwnam(name).pw_dir) / ".aifl" / "logs" / f"session-{job}.log"
     assert log.exists()

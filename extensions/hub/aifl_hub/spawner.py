@@ -284,6 +284,19 @@ class SlurmLabSpawner(SlurmSpawner):
     # ---- state kept in the hub database ------------------------------------------------------
     last_end = Dict(help="Why the last session ended outside the lab: job id and Slurm state (kept in hub state).")
 
+    def _saved_state(self) -> dict[str, Any]:
+        orm = getattr(self, "orm_spawner", None)
+        return (orm.state if orm is not None else None) or {}
+
+    # JupyterHub makes a fresh spawner object after a server stops, without load_state: read the saved state.
+    @default("last_end")
+    def _last_end_default(self) -> dict[str, str]:
+        return dict(self._saved_state().get("last_end", {}))
+
+    @default("lang")
+    def _lang_default(self) -> str:
+        return self._saved_state().get("lang", "")
+
     def end_message(self) -> str:
         """Why the last session ended outside the lab, in the user's language, or ''."""
         if not self.last_end:
