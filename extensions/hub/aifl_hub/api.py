@@ -74,7 +74,7 @@ class CheckedUserServerAPIHandler(UserServerAPIHandler):
                                                      replace_failed=True)
             check = getattr(spawner, "check_user_options", None)
             if check is not None:
-                check(options)
+                check(options, handler=self)
         await super().post(user_name, server_name)
 
 

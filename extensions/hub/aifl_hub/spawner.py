@@ -97,8 +97,8 @@ class SlurmLabSpawner(SlurmSpawner):
     # ---- language ---------------------------------------------------------------------------
     lang = Unicode("", help="Language of the user's last spawn request (nl or en); set by the hub.")
 
-    def _request_language(self) -> str:
-        handler = getattr(self, "handler", None)
+    def _request_language(self, handler: Any = None) -> str:
+        handler = handler or getattr(self, "handler", None)
         default_lang = self.site["site"].get("default_language", "en")
         if handler is None:
             return self.lang or default_lang
@@ -111,14 +111,16 @@ class SlurmLabSpawner(SlurmSpawner):
     # ---- user options -------------------------------------------------------------------------
     session_request: SessionRequest | None = None
 
-    def check_user_options(self, options: Any, lang: str | None = None) -> SessionRequest:
-        """Validate ``options``; raise HTTP 400 with a plain message if they are not allowed."""
+    def check_user_options(self, options: Any, lang: str | None = None, handler: Any = None) -> SessionRequest:
+        """Validate ``options``; raise HTTP 400 with a plain message (in the request's language) if not allowed."""
         if options is not None and not isinstance(options, dict):
             raise web.HTTPError(400, "user_options must be an object")
         try:
-            return validate_options(self.site, options, lang or self._request_language())
+            return validate_options(self.site, options, lang or self._request_language(handler))
         except OptionsError as exc:
-            raise web.HTTPError(400, exc.message) from None
+            error = web.HTTPError(400, exc.message)
+            error.jupyterhub_message = exc.message  # shown as it is on JupyterHub's spawn page
+            raise error from None
 
     @default("options_form")
     def _options_form_default(self):  # noqa: ANN202 - JupyterHub accepts a callable

@@ -1,0 +1,235 @@
+"""A real browser end to end: sign up, approval, login, a GPU session in JupyterLab, stop — all on 127.0.0.1.
+
+Playwright's sync API drives Debian's Chromium (never a downloaded browser). Every request the
+browser makes is recorded; the test fails if any of them leaves this machine (data sovereignty).
+Screenshots go to ``test-artifacts/`` in the repository root.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import BASE, REPO, Hub, slurm
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
+
+pytestmark = [pytest.mark.cluster, pytest.mark.browser]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-default-apps",
+    "--disable-features=Translate,OptimizationHints,MediaRouter",
+]
+ARTIFACTS = REPO / "test-artifacts"
+LOCAL_HOST = "127.0.0.1"
+LAB_TIMEOUT_MS = 120_000
+KERNEL_TIMEOUT_MS = 90_000
+CELL = """import os
+node, job_gpus = os.environ.get("SLURMD_NODENAME"), os.environ.get("SLURM_JOB_GPUS")
+gpu = os.environ.get("CUDA_VISIBLE_DEVICES") or job_gpus
+print("NODE", node, "GPU", gpu, "JOBGPUS", job_gpus)"""
+OUTPUT = re.compile(r"NODE (gpu0\d) GPU (\d) JOBGPUS (\d)")
+
+
+class RequestLog:
+    """Every URL a browser context asks for: HTTP(S) requests and websockets, of all its pages."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.websockets: list[str] = []
+
+    def watch(self, context: BrowserContext) -> None:
+        """Record from now on what ``context`` and every page it opens ask for."""
+        context.on("request", lambda request: self.requests.append(request.url))
+        context.on("page", lambda page: page.on("websocket", lambda ws: self.websockets.append(ws.url)))
+
+    @property
+    def urls(self) -> list[str]:
+        return self.requests + self.websockets
+
+    @staticmethod
+    def host(url: str) -> str | None:
+        """The host a URL goes to; ``None`` for URLs that never reach the network (data:, about:)."""
+        parts = urlsplit(url)
+        if parts.scheme == "blob":  # blob:http://host/uuid belongs to its origin
+            return RequestLog.host(parts.path)
+        if parts.scheme in ("data", "about"):
+            return None
+        return parts.hostname or "<none>"
+
+    def foreign(self) -> list[str]:
+        """The URLs that went anywhere but this machine's loopback address."""
+        return sorted({url for url in self.urls if self.host(url) not in (None, LOCAL_HOST)})
+
+
+def admin_credentials() -> tuple[str, str]:
+    name, password = (line.split(": ", 1)[1] for line in
+                      Path("/etc/aifl/admin-credentials").read_text().splitlines()[:2])
+    return name, password
+
+
+def squeue_of(name: str, fmt: str = "%i") -> list[str]:
+    return slurm("squeue", "-h", "-u", name, "-o", fmt).split()
+
+
+def shot(page: Page, name: str) -> Path:
+    """Save a full-page screenshot as a test artefact; return its path."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"browser-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def log_in(page: Page, name: str, password: str, next_path: str = "") -> None:
+    """Log in through the hub's login page."""
+    page.goto(f"{BASE}/hub/login" + (f"?next={next_path}" if next_path else ""))
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", password)
+    with page.expect_navigation():
+        page.click("#login_submit")
+    assert "/hub/login" not in page.url, f"login of {name} failed: {page.locator('.login_error').all_inner_texts()}"
+
+
+def sign_up(page: Page, name: str, password: str) -> None:
+    """Sign up through the hub's sign-up page; the admin still has to approve."""
+    page.goto(f"{BASE}/hub/signup")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=signup_password]", password)
+    page.fill("input[name=signup_password_confirmation]", password)
+    with page.expect_navigation():
+        page.click("#signup_submit")
+    expect(page.locator(".alert")).to_contain_text("Your information has been sent to the admin")
+
+
+def approve(browser: Browser, log: RequestLog, name: str) -> None:
+    """The admin approves ``name`` on the authorization page, in a browser context of their own."""
+    admin, password = admin_credentials()
+    context = browser.new_context(locale="en-US")
+    log.watch(context)
+    try:
+        page = context.new_page()
+        log_in(page, admin, password, next_path="/hub/authorize")
+        page.goto(f"{BASE}/hub/authorize")
+        row = page.locator(f"tr#{name}")
+        expect(row).to_contain_text("No")
+        row.get_by_role("button", name="Authorize", exact=True).click()
+        expect(page.locator(f"tr#{name}")).to_have_class(re.compile(r"\bsuccess\b"))
+        expect(page.locator(f"tr#{name}")).to_contain_text("Yes")
+    finally:
+        context.close()
+
+
+def spawn_gpu_session(page: Page, name: str) -> None:
+    """Start a one-GPU session for one hour from the spawn form; wait until JupyterLab is up."""
+    page.goto(f"{BASE}/hub/spawn")
+    page.check("#profile-gpu-1")
+    page.fill("#aifl-hours", "1")
+    expect(page.locator("#profile-gpu-1")).to_be_checked()
+    shot(page, "1-spawn-form")
+    page.click("#spawn_form [type=submit]")
+    page.wait_for_url(re.compile(rf"/user/{name}/lab"), timeout=LAB_TIMEOUT_MS)
+    expect(page.locator("#main.jp-LabShell")).to_be_visible(timeout=LAB_TIMEOUT_MS)
+
+
+def run_in_new_notebook(page: Page, code: str) -> str:
+    """Open a new Python notebook from the launcher, run ``code`` in its first cell; return the output text."""
+    card = page.locator('.jp-LauncherCard[data-category="Notebook"]').first
+    card.click(timeout=LAB_TIMEOUT_MS)
+    notebook = page.locator(".jp-NotebookPanel:visible")
+    editor = notebook.locator(".jp-Cell").first.locator(".cm-content")
+    editor.click()
+    page.keyboard.insert_text(code)
+    page.keyboard.press("Shift+Enter")
+    output = notebook.locator(".jp-OutputArea-output").first
+    expect(output).to_contain_text("NODE", timeout=KERNEL_TIMEOUT_MS)
+    return output.inner_text()
+
+
+def stop_from_home(page: Page) -> None:
+    """Stop the session with the home page's "Stop My Server" button."""
+    page.goto(f"{BASE}/hub/home")
+    stop = page.locator("#stop")
+    expect(stop).to_be_visible()
+    stop.click()
+    expect(stop).to_be_hidden(timeout=60_000)
+    expect(page.locator("#start")).to_have_text("Start My Server")
+
+
+def wait_no_jobs(name: str, timeout: float = 30) -> list[str]:
+    """Poll Slurm until ``name`` has no jobs (or ``timeout`` seconds pass); return what is left."""
+    deadline = time.monotonic() + timeout
+    while (jobs := squeue_of(name)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return jobs
+
+
+@pytest.fixture
+def browser_user(hub: Hub) -> Iterator[tuple[str, str]]:
+    """A fresh (name, password) for the browser to sign up with; the server and the user are removed after."""
+    name, password = f"b{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+    yield name, password
+    if hub.api("GET", f"/users/{name}").status_code == 200:
+        if hub.server(name) is not None:
+            hub.api("DELETE", f"/users/{name}/server")
+            hub.wait_gone(name)
+        hub.api("DELETE", f"/users/{name}")
+    if squeue_of(name):  # last resort: nothing of the test's may keep holding a GPU
+        subprocess.run(["scancel", "-u", name], check=False, timeout=60)
+
+
+@pytest.fixture
+def playwright() -> Iterator[Playwright]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed")
+    with sync_playwright() as p:
+        yield p
+
+
+def test_browser_signs_up_runs_a_gpu_notebook_and_stops_without_leaving_the_machine(
+        hub: Hub, browser_user: tuple[str, str], playwright: Playwright) -> None:
+    name, password = browser_user
+    log = RequestLog()
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(30_000)
+    log.watch(context)
+    page = context.new_page()
+    try:
+        sign_up(page, name, password)
+        approve(browser, log, name)
+        log_in(page, name, password)
+
+        spawn_gpu_session(page, name)
+        output = run_in_new_notebook(page, CELL)
+        shot(page, "2-lab-cell-output")
+        match = OUTPUT.search(output)
+        assert match, f"unexpected cell output: {output!r}"
+        node, gpu, job_gpus = match.groups()
+        # Slurm agrees: the user's one job runs on that node, with that GPU.
+        assert squeue_of(name, "%N") == [node]
+        (job,) = squeue_of(name)
+        detail = slurm("scontrol", "show", "job", "-d", job)
+        assert re.search(rf"GRES=gpu:h200:1\(IDX:{job_gpus}\)", detail), detail
+        assert gpu in ("0", job_gpus)  # CUDA_VISIBLE_DEVICES may be renumbered from 0 within the job
+
+        stop_from_home(page)
+        assert wait_no_jobs(name) == [], f"Slurm still runs a job of {name} after stop"
+        page.reload()
+        expect(page.locator("#stop")).to_have_count(0)
+        shot(page, "3-home-after-stop")
+    except BaseException:
+        shot(page, "failure")
+        raise
+    finally:
+        context.close()
+        browser.close()
+    # The recorder saw the traffic (the kernel's websocket included) and none of it left the machine.
+    assert any(f"/user/{name}/api/kernels/" in url for url in log.websockets), log.websockets
+    assert log.foreign() == [], f"the browser contacted hosts other than {LOCAL_HOST}: {log.foreign()}"
