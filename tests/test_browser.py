@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import BASE, REPO, Hub, slurm
+from conftest import BASE, REPO, Hub, browser_session, slurm
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
@@ -180,6 +180,13 @@ def browser_user(hub: Hub) -> Iterator[tuple[str, str]]:
             hub.api("DELETE", f"/users/{name}/server")
             hub.wait_gone(name)
         hub.api("DELETE", f"/users/{name}")
+    else:  # signed up but never logged in: discard the sign-up (only unapproved ones can be discarded)
+        with browser_session(*admin_credentials()) as admin:
+            page = admin.get(f"{BASE}/hub/authorize", timeout=30).text
+            if f"id={name}>" in page:
+                if re.search(rf'<tr class="success" id={name}>', page):
+                    admin.get(f"{BASE}/hub/authorize/{name}", timeout=30)  # toggles back to unapproved
+                admin.get(f"{BASE}/hub/discard/{name}", timeout=30)
     if squeue_of(name):  # last resort: nothing of the test's may keep holding a GPU
         subprocess.run(["scancel", "-u", name], check=False, timeout=60)
 

@@ -145,3 +145,15 @@ def test_scancel_from_outside_is_noticed_and_explained(hub, users):
     assert f"Je laatste sessie (taak {job}) is buiten het lab beëindigd: Slurm meldt CANCELLED" in page.content.decode()
     log = Path(pwd.getpwnam(name).pw_dir) / ".aifl" / "logs" / f"session-{job}.log"
     assert log.exists()
+
+
+def test_a_refused_submission_is_explained_in_plain_words(hub, users):
+    name, token = users()
+    slurm("sacctmgr", "-i", "delete", "user", name)  # no Slurm association: sbatch refuses the job
+    r = hub.api("POST", f"/users/{name}/server", token=token, json={"user_options": {"profile": "cpu-small"}},
+                headers={"Accept-Language": "en"})
+    assert r.status_code >= 400
+    progress = hub.api("GET", f"/users/{name}/server/progress", token=token, stream=True).text
+    assert ("The cluster did not accept the session: Invalid account or account/partition combination specified"
+            in progress)
+    assert hub.server(name) is None

@@ -51,8 +51,9 @@ def configure(c: Any, site_file: str) -> None:
     c.Spawner.cmd = ["jupyterhub-singleuser"]
 
     c.Authenticator.admin_users = set(hub["admin_users"])
-    c.Authenticator.allow_all = True
     if auth["type"] == "native":
+        # Only accounts an admin approved can log in at all, so every user who logs in is allowed.
+        c.Authenticator.allow_all = True
         c.JupyterHub.authenticator_class = "aifl_hub.accounts.LabNativeAuthenticator"
         c.LabNativeAuthenticator.create_local_accounts = users["create_local_accounts"]
         c.LabNativeAuthenticator.minimum_password_length = auth.get("minimum_password_length", 10)
@@ -70,6 +71,11 @@ def configure(c: Any, site_file: str) -> None:
         c.LabOAuthenticator.client_secret = Path(oauth["client_secret_file"]).read_text().strip()
         c.LabOAuthenticator.username_claim = oauth.get("username_claim", "preferred_username")
         c.LabOAuthenticator.scope = oauth.get("scope", ["openid", "profile", "email"])
+        c.LabOAuthenticator.allow_all = oauth.get("allow_all", False)
+        if oauth.get("allowed_groups"):
+            c.LabOAuthenticator.allowed_groups = set(oauth["allowed_groups"])
+            c.LabOAuthenticator.manage_groups = True
+            c.LabOAuthenticator.auth_state_groups_key = f"oauth_user.{oauth.get('groups_claim', 'groups')}"
 
     # A service token for `lab` itself (health checks, first admin, tests): read from a 0600 file.
     token_file = state / "lab-service-token"

@@ -38,7 +38,11 @@ _templates = Environment(loader=PackageLoader(__package__, "templates"), autoesc
 
 
 class SessionFailed(RuntimeError):
-    """A session could not start; the message is meant for the user."""
+    """A session could not start; the message is meant for the user (JupyterHub shows it as it is)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.jupyterhub_message = message
 
 
 class SlurmLabSpawner(SlurmSpawner):
@@ -204,8 +208,11 @@ class SlurmLabSpawner(SlurmSpawner):
             self.job_id = await self.slurm.submit(self.user.name, script, self.get_env())
         except SlurmError as exc:
             self.log.error("Submitting a session for %s failed: %s", self.user.name, exc.stderr)
+            reason = exc.stderr.splitlines()[-1] if exc.stderr else str(exc)
+            for noise in ("sbatch: error: ", "Batch job submission failed: "):
+                reason = reason.removeprefix(noise)
             raise SessionFailed(self._("The cluster did not accept the session: {reason}").format(
-                reason=exc.stderr.splitlines()[-1] if exc.stderr else exc)) from None
+                reason=reason)) from None
         self.log.info("Submitted job %s for %s (profile %s)", self.job_id, self.user.name, request.profile)
         node = ""
         while not (self.port and node):
