@@ -1,0 +1,51 @@
+"""The `lab` command on the running system: idempotent `up`, `status`, and a broken site file changes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from conftest import lab
+
+pytestmark = pytest.mark.cluster
+
+WATCHED = [Path("/etc/aifl/site.yaml"), Path("/etc/slurm/slurm.conf"), Path("/etc/sudoers.d/aifl-hub")]
+
+
+def snapshot() -> dict[str, str]:
+    pids = {name: Path(f"/run/aifl/{name}.pid").read_text() for name in ("hub", "proxy")}
+    files = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in WATCHED}
+    return {**pids, **files}
+
+
+def test_second_up_changes_nothing_and_status_is_healthy(lab_system):
+    before = snapshot()
+    up = lab("up")
+    assert up.returncode == 0, up.stderr
+    assert "is up to date" in up.stdout
+    assert "AI Factory Lab is running at http://127.0.0.1:8000" in up.stdout
+    assert snapshot() == before
+    status = lab("status")
+    assert status.returncode == 0, status.stdout
+    lines = [line.split() for line in status.stdout.splitlines() if line.strip()]
+    assert {line[1] for line in lines} >= {"munge", "mariadb", "slurmdbd", "slurmctld", "proxy", "hub"}
+    assert all(line[0] == "ok" for line in lines)
+
+
+@pytest.mark.parametrize(("text", "key", "problem"), [
+    ("hub: [unclosed\n", "", "is not valid YAML"),
+    (None, "spawner.profiles[1].slurm_override.gpus", "-1 is less than the minimum of 0"),
+])
+def test_broken_site_file_stops_up_and_changes_nothing(lab_system, tmp_path, text, key, problem):
+    site = tmp_path / "site.yaml"
+    shipped = (Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml").read_text()
+    site.write_text(text if text is not None else shipped.replace("gpus: 1,", "gpus: -1,"))
+    before = snapshot()
+    up = lab("--site", str(site), "up")
+    assert up.returncode == 2
+    assert f"{site}: {key}" in up.stderr
+    assert problem in up.stderr
+    assert "Nothing was started or changed." in up.stderr
+    assert snapshot() == before
