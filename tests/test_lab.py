@@ -6,7 +6,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
 from conftest import lab
 
 pytestmark = pytest.mark.cluster
