@@ -188,12 +188,17 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+PROGRAMS = {"hub": "jupyterhub", "proxy": "configurable-http-proxy"}
+
+
 def _pid(name: str) -> int | None:
+    """The pid in /run/aifl/<name>.pid if that process is alive and is still our program."""
     try:
         pid = int((RUN / f"{name}.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except (OSError, ValueError):
         return None
-    return pid if pid_alive(pid) else None
+    return pid if pid_alive(pid) and PROGRAMS[name] in cmdline else None
 
 
 def _start(name: str, argv: list[str], user: str, env: dict[str, str], ports: list[int],
@@ -215,7 +220,7 @@ def _start(name: str, argv: list[str], user: str, env: dict[str, str], ports: li
 def start_hub(repo: Path, site: Site, site_path: Path, proxy_main: Path, progress: Progress) -> None:
     """Write the hub's config and start the proxy and the hub (each its own process)."""
     hub = site["hub"]
-    hub_user, state = hub["service_user"], Path(hub["state_dir"])
+    hub_user, state, api_ip = hub["service_user"], Path(hub["state_dir"]), hub.get("api_ip", "127.0.0.1")
     _write(ETC / "site.yaml", site_path.read_text(), 0o640, "root", hub_user)
     changed = _write(ETC / "jupyterhub_config.py", (repo / "hub_config" / "jupyterhub_config.py").read_text(), 0o644)
     proxy_token = _secret(state / "proxy-token", hub_user)
@@ -223,8 +228,8 @@ def start_hub(repo: Path, site: Site, site_path: Path, proxy_main: Path, progres
     base_env = {"PATH": f"{HUB_ENV}/bin:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(state)}
     _start("proxy", ["/usr/bin/env", "node", str(proxy_main), "--ip", hub["ip"], "--port", str(hub["port"]),
                      "--api-ip", "127.0.0.1", "--api-port", str(PROXY_API_PORT),
-                     "--default-target", f"http://127.0.0.1:{HUB_API_PORT}",
-                     "--error-target", f"http://127.0.0.1:{HUB_API_PORT}/hub/error"],
+                     "--default-target", f"http://{api_ip}:{HUB_API_PORT}",
+                     "--error-target", f"http://{api_ip}:{HUB_API_PORT}/hub/error"],
            hub_user, {**base_env, "CONFIGPROXY_AUTH_TOKEN": proxy_token}, [hub["port"], PROXY_API_PORT],
            lambda: _port_open(PROXY_API_PORT))
     hub_pid = _pid("hub")

@@ -28,7 +28,7 @@ def configure(c: Any, site_file: str) -> None:
     install_handlers()
 
     c.JupyterHub.bind_url = f"http://{hub['ip']}:{hub['port']}"
-    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{HUB_API_PORT}"
+    c.JupyterHub.hub_bind_url = f"http://{hub.get('api_ip', '127.0.0.1')}:{HUB_API_PORT}"
     c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
     c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
@@ -48,7 +48,6 @@ def configure(c: Any, site_file: str) -> None:
     c.Spawner.default_url = "/lab"
     c.Spawner.disable_user_config = True
     c.Spawner.env_keep = []
-    c.Spawner.cmd = ["jupyterhub-singleuser"]
 
     c.Authenticator.admin_users = set(hub["admin_users"])
     if auth["type"] == "native":
