@@ -101,7 +101,8 @@ def browser_session(name: str, password: str, *, signup: bool = False) -> reques
         admin_name, admin_password = (line.split(": ", 1)[1] for line in
                                       Path("/etc/aifl/admin-credentials").read_text().splitlines()[:2])
         with browser_session(admin_name, admin_password) as admin:
-            r = admin.get(f"{BASE}/hub/authorize/{name}", timeout=30)
+            admin.get(f"{BASE}/hub/authorize", timeout=30)
+            r = admin.post(f"{BASE}/hub/authorize/{name}", data={"_xsrf": admin.cookies.get("_xsrf", "")}, timeout=30)
             assert r.status_code == 200, r.text[-500:]
     r = session.post(f"{BASE}/hub/login", data={"username": name, "password": password, "_xsrf": xsrf},
                      timeout=60, allow_redirects=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 from conftest import BASE, REPO, Hub, browser_session, slurm
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
@@ -170,6 +171,26 @@ def wait_no_jobs(name: str, timeout: float = 30) -> list[str]:
     return jobs
 
 
+def admin_action(admin: requests.Session, verb: str, name: str) -> int:
+    """Press the authorization page's ``verb`` button (authorize, discard) for ``name``: a POST with
+    the XSRF token, or the older link (GET) where the hub does not take POSTs there."""
+    url = f"{BASE}/hub/{verb}/{name}"
+    code = admin.post(url, data={"_xsrf": admin.cookies.get("_xsrf", "")}, timeout=30).status_code
+    return admin.get(url, timeout=30).status_code if code == 405 else code
+
+
+def discard_signup(name: str) -> None:
+    """Remove a sign-up that never became a hub user (only unapproved sign-ups can be discarded)."""
+    with browser_session(*admin_credentials()) as admin:
+        page = admin.get(f"{BASE}/hub/authorize", timeout=30).text
+        row = re.search(rf"<tr[^>]*\bid=\"?{name}\b[^>]*>", page)
+        if row is None:
+            return
+        if "success" in row.group(0):  # approved: revoke first
+            admin_action(admin, "authorize", name)
+        admin_action(admin, "discard", name)
+
+
 @pytest.fixture
 def browser_user(hub: Hub) -> Iterator[tuple[str, str]]:
     """A fresh (name, password) for the browser to sign up with; the server and the user are removed after."""
@@ -180,13 +201,8 @@ def browser_user(hub: Hub) -> Iterator[tuple[str, str]]:
             hub.api("DELETE", f"/users/{name}/server")
             hub.wait_gone(name)
         hub.api("DELETE", f"/users/{name}")
-    else:  # signed up but never logged in: discard the sign-up (only unapproved ones can be discarded)
-        with browser_session(*admin_credentials()) as admin:
-            page = admin.get(f"{BASE}/hub/authorize", timeout=30).text
-            if f"id={name}>" in page:
-                if re.search(rf'<tr class="success" id={name}>', page):
-                    admin.get(f"{BASE}/hub/authorize/{name}", timeout=30)  # toggles back to unapproved
-                admin.get(f"{BASE}/hub/discard/{name}", timeout=30)
+    else:  # signed up but never logged in: discard the sign-up
+        discard_signup(name)
     if squeue_of(name):  # last resort: nothing of the test's may keep holding a GPU
         subprocess.run(["scancel", "-u", name], check=False, timeout=60)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import BASE, Hub, slurm
+from conftest import BASE, Hub, browser_session, slurm
 from test_spawn import environ, job_processes, spawn
 
 pytestmark = pytest.mark.cluster
@@ -86,3 +87,26 @@ def test_old_batchspawner_api_exploit_is_refused(hub: Hub, users):
                         timeout=10).status_code == 200
     # The hub never logs a session's token.
     assert server_token not in Path("/var/log/aifl/hub.log").read_text(errors="replace")
+
+
+def test_a_link_cannot_approve_a_sign_up(hub: Hub):
+    name, password = f"s{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+    with requests.Session() as visitor:
+        visitor.get(f"{BASE}/hub/signup", timeout=10)
+        r = visitor.post(f"{BASE}/hub/signup", timeout=30, data={
+            "username": name, "signup_password": password, "signup_password_confirmation": password,
+            "_xsrf": visitor.cookies.get("_xsrf", "")})
+        assert r.status_code == 200
+    admin_name, admin_password = (line.split(": ", 1)[1] for line in
+                                  Path("/etc/aifl/admin-credentials").read_text().splitlines()[:2])
+    with browser_session(admin_name, admin_password) as admin:
+        # A link (say, in an e-mail) followed by the logged-in admin changes nothing...
+        assert admin.get(f"{BASE}/hub/authorize/{name}", timeout=30).status_code == 405
+        assert admin.get(f"{BASE}/hub/discard/{name}", timeout=30).status_code == 405
+        # ...and a POST without the XSRF token is refused too.
+        assert admin.post(f"{BASE}/hub/authorize/{name}", timeout=30).status_code == 403
+    with pytest.raises(AssertionError, match="login of"):
+        browser_session(name, password)
+    with browser_session(admin_name, admin_password) as admin:
+        admin.get(f"{BASE}/hub/authorize", timeout=30)
+        admin.post(f"{BASE}/hub/discard/{name}", data={"_xsrf": admin.cookies.get("_xsrf", "")}, timeout=30)

@@ -10,8 +10,10 @@ import inspect
 
 from jupyterhub.auth import Authenticator
 from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator.handlers import DiscardHandler, ToggleAuthorizationHandler
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from oauthenticator.generic import GenericOAuthenticator
+from tornado import web
 from traitlets import Bool, List, Unicode
 
 from .slurm import SlurmError, run_argv
@@ -65,15 +67,41 @@ class LabLoginHandler(NativeLoginHandler):
     statsd = _NoStatsd()
 
 
+class PostOnlyToggleAuthorizationHandler(ToggleAuthorizationHandler):
+    """Approving or revoking a user changes state: only by an XSRF-checked POST, never by following a link."""
+
+    post = ToggleAuthorizationHandler.get
+
+    async def get(self, slug: str) -> None:
+        """Refuse: a link must not approve anyone."""
+        raise web.HTTPError(405)
+
+
+class PostOnlyDiscardHandler(DiscardHandler):
+    """Discarding a sign-up only by an XSRF-checked POST."""
+
+    post = DiscardHandler.get
+
+    async def get(self, user_name: str) -> None:
+        """Refuse: a link must not delete anyone."""
+        raise web.HTTPError(405)
+
+
+_REPLACED_HANDLERS = {
+    NativeLoginHandler: LabLoginHandler,
+    ToggleAuthorizationHandler: PostOnlyToggleAuthorizationHandler,
+    DiscardHandler: PostOnlyDiscardHandler,
+}
+
+
 class LabNativeAuthenticator(LocalAccountsMixin, NativeAuthenticator):
     """People sign up; an admin approves them; approved users get their accounts."""
 
     username_pattern = Unicode(USERNAME_PATTERN).tag(config=True)
 
     def get_handlers(self, app) -> list[tuple]:  # noqa: ANN001 - the JupyterHub application
-        """NativeAuthenticator's pages, with the login page that works on JupyterHub 6."""
-        return [(route, LabLoginHandler if handler is NativeLoginHandler else handler)
-                for route, handler in super().get_handlers(app)]
+        """NativeAuthenticator's pages: login working on JupyterHub 6, approvals only by POST."""
+        return [(route, _REPLACED_HANDLERS.get(handler, handler)) for route, handler in super().get_handlers(app)]
 
 
 class LabOAuthenticator(LocalAccountsMixin, GenericOAuthenticator):

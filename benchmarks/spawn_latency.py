@@ -1,0 +1,924 @@
+"""Spawn-to-ready latency: this project's spawner, stock batchspawner, and the bare server start.
+
+Run as root on the machine where the lab runs (``./lab up``)::
+
+    /work/main/.venv/bin/python benchmarks/spawn_latency.py
+
+In one run, on the same cluster, it measures spawn-to-ready: from ``POST /hub/api/users/NAME/server``
+until ``GET /user/NAME/api/status`` answers 200 through the proxy, for
+
+* ours: ``SlurmLabSpawner`` in the running hub (:8000), 1 user x N sequential spawns and M users at once;
+* stock: batchspawner's ``SlurmSpawner`` with its default settings, in a second hub that this script
+  starts as root with its own temporary directory and its own configurable-http-proxy (:8100, API :8101,
+  hub API :8181); the resources match our profiles, so the jobs are the same size;
+* floor: the same single-user server command started directly as the user (no Slurm, no hub spawn),
+  timed until ``/user/NAME/api/status`` answers 200 with a token of that user.
+
+Single-user spawns use the site's default profile (cpu-small); the concurrent wave uses a profile that
+fits M sessions at once (gpu-1: 16 x 1 GPU fills the 4 x 4 GPU nodes exactly).
+
+It uses fixed benchmark users ``bench01``.. (Unix accounts and Slurm associations made by the hub's
+account helper are kept for the next run; the hub users are removed at the end). Everything it starts
+(the second hub, its proxy, the users' servers and jobs, the temporary directory) is stopped and removed
+on exit, also on Ctrl-C or an error. Readiness is seen by polling the proxy's route table (not the hub)
+every 50 ms and then asking the server itself, so the polling does not load the hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import requests
+import yaml
+
+# ---- the running lab ---------------------------------------------------------------------------
+MAIN_PUBLIC = "http://127.0.0.1:8000"
+MAIN_PROXY_API = "http://127.0.0.1:8001"
+MAIN_HUB_API = "http://127.0.0.1:8081/hub/api"  # what jobs of the main hub use (for the floor's environment)
+STATE = Path("/var/lib/aifl")
+SITE_FILE = Path("/etc/aifl/site.yaml")
+NOTEBOOK_ENV = Path("/opt/aifl/envs/default")
+HUB_ENV = Path("/opt/aifl/hub")
+PROXY_MAIN = Path("/opt/aifl/proxy/node_modules/configurable-http-proxy/bin/configurable-http-proxy")
+SLURM_LOGS = Path("/var/log/slurm")
+SLURM_BIN = Path("/usr/bin")
+
+# ---- the stock hub this script starts ----------------------------------------------------------
+STOCK_PUBLIC_PORT, STOCK_PROXY_API_PORT, STOCK_HUB_PORT = 8100, 8101, 8181
+BATCHSPAWNER = "batchspawner==1.3.0"
+
+POLL_S = 0.05  # readiness polling interval (all three cases)
+USER_PREFIX = "bench"
+_T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    """Progress line with the seconds since the start of the run."""
+    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", flush=True)
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on (message for the operator)."""
+
+
+def run(argv: list[str], timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run argv (no shell) and capture its output."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    """Poll ``condition`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException, OSError, subprocess.SubprocessError):
+            if condition():
+                return True
+        time.sleep(interval)
+    return False
+
+
+# ---- site profiles -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Resources:
+    """The Slurm request of one of our profiles, for the stock spawner's ``req_*`` settings."""
+
+    slug: str
+    partition: str
+    cpus: int
+    memory_gb: int
+    gpus: int
+    hours: int
+    gpu_type: str
+
+    def stock_options(self) -> dict[str, str]:
+        """batchspawner's template variables for the same request (its ``user_options`` override them)."""
+        gres = f"gpu:{self.gpu_type + ':' if self.gpu_type else ''}{self.gpus}" if self.gpus else ""
+        return {"partition": self.partition, "nprocs": str(self.cpus), "memory": f"{self.memory_gb}G",
+                "gres": gres, "runtime": f"{self.hours}:00:00"}
+
+
+@dataclass(frozen=True)
+class Site:
+    resources: dict[str, Resources]
+    default_profile: str
+    account: str
+    qos: str
+    job_log_dir: str
+    language: str
+
+    @classmethod
+    def load(cls, path: Path) -> Site:
+        data = yaml.safe_load(path.read_text())
+        gpu_type = data["cluster"].get("gpu_nodes", {}).get("gpu_type", "")
+        resources = {}
+        for profile in data["spawner"]["profiles"]:
+            o = profile["slurm_override"]
+            resources[profile["slug"]] = Resources(profile["slug"], o["partition"], o["cpus"], o["memory_gb"],
+                                                   o["gpus"], o["hours"], gpu_type)
+        return cls(resources, data["spawner"]["default_profile"], data["accounting"]["default_account"],
+                   data["accounting"]["default_qos"], data["spawner"].get("job_log_dir", ".aifl/logs"),
+                   data["site"].get("default_language", "en"))
+
+
+# ---- Slurm -------------------------------------------------------------------------------------
+def jobs_of(users: Iterable[str]) -> list[str]:
+    """Job ids (any state squeue shows) of ``users``."""
+    names = ",".join(users)
+    if not names:
+        return []
+    return run([str(SLURM_BIN / "squeue"), "-h", "-u", names, "-o", "%i"]).stdout.split()
+
+
+def other_jobs(ours: set[str]) -> list[str]:
+    """'id user state' of every job in the queue that is not one of ``ours`` users'."""
+    lines = run([str(SLURM_BIN / "squeue"), "-h", "-o", "%i %u %T"]).stdout.splitlines()
+    return [line.strip() for line in lines if line.split() and line.split()[1] not in ours]
+
+
+def wait_for_idle_cluster(ours: set[str], timeout: float) -> bool:
+    """Wait (up to ``timeout`` s) until no one else has jobs; True if the cluster is ours alone."""
+    deadline = time.monotonic() + timeout
+    shown = 0.0
+    while True:
+        others = other_jobs(ours)
+        if not others:
+            return True
+        if time.monotonic() >= deadline:
+            say(f"WARNING: {len(others)} other job(s) still in the queue after {timeout:.0f} s; measuring anyway")
+            return False
+        if time.monotonic() - shown > 15:
+            say(f"waiting for an idle cluster: {len(others)} other job(s), e.g. {others[0]}")
+            shown = time.monotonic()
+        time.sleep(1)
+
+
+def cancel_jobs_of(users: list[str], timeout: float = 60) -> None:
+    """scancel every job of ``users`` (ours alone) and wait until Slurm shows none."""
+    if not jobs_of(users):
+        return
+    for name in users:
+        run([str(SLURM_BIN / "scancel"), "-u", name], check=False)
+    if not wait_until(lambda: not jobs_of(users), timeout, 0.5):
+        say(f"WARNING: jobs of the benchmark users are still in the queue: {jobs_of(users)}")
+
+
+# ---- a hub, through its proxy --------------------------------------------------------------------
+@dataclass
+class Hub:
+    """REST client for one hub plus its proxy's route table."""
+
+    label: str
+    public: str
+    proxy_api: str
+    token: str
+    proxy_token: str
+    http: requests.Session = field(default_factory=requests.Session)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def api(self, method: str, path: str, timeout: float = 30, **kw: Any) -> requests.Response:
+        # a fresh connection per call: the session object is shared with the POST threads
+        return requests.request(method, f"{self.public}/hub/api{path}", timeout=timeout,
+                                headers={"Authorization": f"token {self.token}"}, **kw)
+
+    def ensure_user(self, name: str) -> str:
+        """Create ``name`` (if new) and return a fresh API token of that user."""
+        r = self.api("POST", f"/users/{name}", timeout=120)
+        if r.status_code not in (201, 409):
+            raise BenchError(f"{self.label}: creating user {name} failed: HTTP {r.status_code} {r.text[:300]}")
+        r = self.api("POST", f"/users/{name}/tokens", json={"note": "spawn-latency benchmark", "expires_in": 7200})
+        if r.status_code != 201:
+            raise BenchError(f"{self.label}: token for {name} failed: HTTP {r.status_code} {r.text[:300]}")
+        return str(r.json()["token"])
+
+    def server(self, name: str) -> dict[str, Any] | None:
+        r = self.api("GET", f"/users/{name}")
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        return r.json().get("servers", {}).get("")
+
+    def routes(self) -> set[str]:
+        """The proxy's routes, without trailing slashes (e.g. '/user/bench01')."""
+        with self.lock:
+            r = self.http.get(f"{self.proxy_api}/api/routes", timeout=5,
+                              headers={"Authorization": f"token {self.proxy_token}"})
+        r.raise_for_status()
+        return {key.rstrip("/") for key in r.json()}
+
+    def status(self, name: str, user_token: str) -> int:
+        with self.lock:
+            r = self.http.get(f"{self.public}/user/{name}/api/status", timeout=10, allow_redirects=False,
+                              headers={"Authorization": f"token {user_token}"})
+        return r.status_code
+
+    def stop_servers(self, names: list[str], timeout: float = 90) -> bool:
+        """Stop the servers of ``names``; wait until the hub shows none and their jobs are gone."""
+        def stop(name: str) -> None:
+            with contextlib.suppress(requests.RequestException):
+                self.api("DELETE", f"/users/{name}/server", timeout=timeout)
+
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+            list(pool.map(stop, names))
+        return wait_until(lambda: all(self.server(n) is None for n in names) and not jobs_of(names), timeout, 0.25)
+
+    def delete_users(self, names: list[str]) -> None:
+        for name in names:
+            with contextlib.suppress(requests.RequestException):
+                self.api("DELETE", f"/users/{name}")
+
+
+# ---- samples -------------------------------------------------------------------------------------
+@dataclass
+class Sample:
+    """One spawn of one user."""
+
+    case: str
+    user: str
+    t_post: float = 0.0  # monotonic clock, when the request was sent
+    wall_post: float = 0.0  # wall clock of the same moment (to line up with log files)
+    ready_s: float | None = None
+    error: str = ""
+    job_id: str = ""
+    node: str = ""
+    log_file: str = ""
+    disturbed: bool = False
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def spawn_wave(hub: Hub, tokens: dict[str, str], options: dict[str, Any] | None, case: str,
+               timeout: float) -> list[Sample]:
+    """Start the servers of all ``tokens``' users at once; time each until ready through the proxy."""
+    samples = {name: Sample(case, name) for name in tokens}
+    body = {"user_options": options} if options is not None else None
+    posted: dict[str, threading.Event] = {name: threading.Event() for name in tokens}
+
+    def post(name: str) -> None:
+        sample = samples[name]
+        sample.t_post, sample.wall_post = time.monotonic(), time.time()
+        posted[name].set()
+        try:
+            r = hub.api("POST", f"/users/{name}/server", json=body, timeout=timeout)
+            if r.status_code not in (201, 202):
+                sample.error = f"POST: HTTP {r.status_code} {r.text[:200]}"
+        except requests.RequestException as exc:
+            sample.error = f"POST: {exc}"
+
+    pool = ThreadPoolExecutor(max_workers=len(tokens))
+    try:
+        futures = {name: pool.submit(post, name) for name in tokens}
+        pending = set(tokens)
+        deadline = time.monotonic() + timeout
+        last_hub_check = time.monotonic()
+        while pending and time.monotonic() < deadline:
+            try:
+                routes = hub.routes()
+            except requests.RequestException:
+                routes = set()
+            for name in sorted(pending):
+                sample = samples[name]
+                if sample.error:
+                    pending.discard(name)
+                elif posted[name].is_set() and f"/user/{name}" in routes:
+                    with contextlib.suppress(requests.RequestException):
+                        if hub.status(name, tokens[name]) == 200:
+                            sample.ready_s = time.monotonic() - sample.t_post
+                            pending.discard(name)
+            if pending and time.monotonic() - last_hub_check > 2:  # a spawn that failed after the POST returned
+                last_hub_check = time.monotonic()
+                for name in sorted(pending):
+                    if futures[name].done() and not samples[name].error:
+                        with contextlib.suppress(requests.RequestException):
+                            if hub.server(name) is None:
+                                samples[name].error = "the hub shows no server (spawn failed; see its log)"
+            time.sleep(POLL_S)
+        for name in pending:
+            samples[name].error = samples[name].error or f"not ready within {timeout:.0f} s"
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for sample in samples.values():  # for the breakdown, read after the timing ended
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            line = run([str(SLURM_BIN / "squeue"), "-h", "-u", sample.user, "-o", "%i %N"]).stdout.split()
+            if len(line) == 2:
+                sample.job_id, sample.node = line
+    return list(samples.values())
+
+
+# ---- the floor: the server started directly as the user ------------------------------------------
+def floor_env(user: str, token: str, port: int, lang: str) -> dict[str, str]:
+    """The environment our session jobs give the server (as seen in a job's /proc/PID/environ)."""
+    pw = pwd.getpwnam(user)
+    prefix = f"/user/{user}/"
+    scopes = json.dumps([f"access:servers!server={user}/", f"access:servers!user={user}"])
+    return {
+        "PATH": f"{NOTEBOOK_ENV}/bin:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "AIFL_LANG": lang,
+        "HOME": pw.pw_dir, "USER": user, "LOGNAME": user, "SHELL": pw.pw_shell, "TMPDIR": "/tmp",
+        "JUPYTERHUB_API_TOKEN": token, "JPY_API_TOKEN": token,
+        "JUPYTERHUB_API_URL": MAIN_HUB_API, "JUPYTERHUB_ACTIVITY_URL": f"{MAIN_HUB_API}/users/{user}/activity",
+        "JUPYTERHUB_BASE_URL": "/", "JUPYTERHUB_SERVICE_PREFIX": prefix,
+        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}{prefix}",
+        "JUPYTERHUB_USER": user, "JUPYTERHUB_SERVER_NAME": "", "JUPYTERHUB_CLIENT_ID": f"jupyterhub-user-{user}",
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": f"{prefix}oauth_callback", "JUPYTERHUB_OAUTH_SCOPES": scopes,
+        "JUPYTERHUB_OAUTH_ACCESS_SCOPES": scopes, "JUPYTERHUB_OAUTH_CLIENT_ALLOWED_SCOPES": "[]",
+        "JUPYTERHUB_DEFAULT_URL": "/lab", "JUPYTERHUB_DISABLE_USER_CONFIG": "1",
+        "JUPYTERHUB_COOKIE_OPTIONS": '{"SameSite": "Lax"}', "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED": "0",
+        "JUPYTERHUB_HOST": "", "JUPYTERHUB_PUBLIC_URL": "", "JUPYTERHUB_PUBLIC_HUB_URL": "",
+    }
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM the process group this script started for ``proc``; SIGKILL it if it does not end."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def floor_once(user: str, token: str, lang: str, log_path: Path, timeout: float = 120) -> Sample:
+    """Start ``jupyterhub-singleuser`` as ``user`` and time it until /api/status answers 200."""
+    sample = Sample("floor", user, log_file=str(log_path))
+    port = free_port()
+    pw = pwd.getpwnam(user)
+    url = f"http://127.0.0.1:{port}/user/{user}/api/status"
+    with log_path.open("wb") as log, requests.Session() as http:
+        sample.t_post, sample.wall_post = time.monotonic(), time.time()
+        proc = subprocess.Popen(
+            [str(NOTEBOOK_ENV / "bin" / "jupyterhub-singleuser"), f"--port={port}", "--ip=127.0.0.1"],
+            env=floor_env(user, token, port, lang), cwd=pw.pw_dir, user=pw.pw_uid, group=pw.pw_gid,
+            extra_groups=os.getgrouplist(user, pw.pw_gid), umask=0o077, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = sample.t_post + timeout
+            while time.monotonic() < deadline and proc.poll() is None:
+                with contextlib.suppress(requests.RequestException):
+                    if http.get(url, headers={"Authorization": f"token {token}"}, timeout=5).status_code == 200:
+                        sample.ready_s = time.monotonic() - sample.t_post
+                        break
+                time.sleep(POLL_S)
+            else:
+                sample.error = (f"the server exited (code {proc.returncode}); see {log_path}" if proc.poll() is not None
+                                else f"not ready within {timeout:.0f} s")
+        finally:
+            stop_process_group(proc)
+    return sample
+
+
+# ---- the stock hub -------------------------------------------------------------------------------
+STOCK_CONFIG = '''\
+"""Stock batchspawner hub for benchmarks/spawn_latency.py (written by it into a temporary directory)."""
+
+c = get_config()  # noqa: F821
+
+c.JupyterHub.bind_url = "http://127.0.0.1:{public_port}"
+c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_port}"
+c.JupyterHub.db_url = "sqlite:///{state}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{state}/jupyterhub_cookie_secret"
+c.JupyterHub.pid_file = "{state}/jupyterhub.pid"
+c.ConfigurableHTTPProxy.should_start = False
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+c.JupyterHub.authenticator_class = "dummy"
+c.Authenticator.allow_all = True
+c.JupyterHub.services = [{{"name": "bench", "api_token": {token!r}}}]
+c.JupyterHub.load_roles = [{{"name": "bench", "services": ["bench"],
+                             "scopes": ["admin:users", "admin:servers", "tokens", "read:hub", "access:servers"]}}]
+
+# Stock batchspawner: only what it needs to run here. The job's resources are those of our
+# '{slug}' profile (a spawn's user_options override them, batchspawner's own mechanism).
+c.JupyterHub.spawner_class = "batchspawner.SlurmSpawner"
+c.SlurmSpawner.req_partition = {partition!r}
+c.SlurmSpawner.req_nprocs = {nprocs!r}
+c.SlurmSpawner.req_memory = {memory!r}
+c.SlurmSpawner.req_gres = {gres!r}
+c.SlurmSpawner.req_runtime = {runtime!r}
+c.SlurmSpawner.req_options = {options!r}
+# sudo's secure_path resets PATH: put the benchmark environment (batchspawner-singleuser) first in the job.
+c.SlurmSpawner.req_prologue = {prologue!r}
+# The same hub-side settings as ours (site file), so that neither side gives up earlier or opens another URL.
+c.Spawner.default_url = "/lab"
+c.Spawner.disable_user_config = True
+c.Spawner.http_timeout = {http_timeout}
+c.Spawner.start_timeout = {start_timeout}
+'''
+
+
+class StockHub:
+    """A second JupyterHub (as root) with stock batchspawner.SlurmSpawner and its own proxy."""
+
+    def __init__(self, workdir: Path, resources: Resources, site: Site) -> None:
+        self.workdir = workdir
+        self.state = workdir / "hub"
+        self.env_dir = workdir / "env"
+        self.resources = resources
+        self.site = site
+        self.token = os.urandom(32).hex()
+        self.proxy_token = os.urandom(32).hex()
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def build_env(self) -> None:
+        """A world-readable venv with stock batchspawner, layered on the shipped notebook environment."""
+        say(f"stock: building {self.env_dir} (venv + {BATCHSPAWNER}, layered on {NOTEBOOK_ENV})")
+        run(["/usr/bin/python3", "-m", "venv", str(self.env_dir)], timeout=180)
+        site_packages = next((self.env_dir / "lib").glob("python3*/site-packages"))
+        notebook_site = next((NOTEBOOK_ENV / "lib").glob("python3*/site-packages"))
+        (site_packages / "aifl-notebook-env.pth").write_text(f"{notebook_site}\n")
+        run([str(self.env_dir / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--no-deps",
+             BATCHSPAWNER], timeout=300)
+        # Jupyter finds its config and data (server extensions, the JupyterLab app) under sys.prefix:
+        # without these links the stock job would start a server with fewer extensions than ours.
+        for part in ("etc/jupyter", "share/jupyter", "share/jupyterhub"):
+            if (NOTEBOOK_ENV / part).exists():
+                (self.env_dir / part).parent.mkdir(parents=True, exist_ok=True)
+                (self.env_dir / part).symlink_to(NOTEBOOK_ENV / part)
+        run(["chmod", "-R", "a+rX", str(self.env_dir)])
+        check = run([str(self.env_dir / "bin" / "python"), "-c",
+                     "import batchspawner.singleuser, jupyterhub.singleuser, jupyterlab, jupyter_core.paths as p;"
+                     "print(p.jupyter_config_path()[-1])"], check=False)
+        if check.returncode != 0 or not (self.env_dir / "bin" / "batchspawner-singleuser").exists():
+            raise BenchError(f"the benchmark environment is not usable: {check.stderr[-500:]}")
+
+    def write_config(self) -> Path:
+        r = self.resources
+        options = self.resources.stock_options()
+        text = STOCK_CONFIG.format(
+            public_port=STOCK_PUBLIC_PORT, hub_port=STOCK_HUB_PORT, proxy_api_port=STOCK_PROXY_API_PORT,
+            state=self.state, token=self.token, slug=r.slug, partition=options["partition"],
+            nprocs=options["nprocs"], memory=options["memory"], gres=options["gres"], runtime=options["runtime"],
+            options=f"--account={self.site.account} --qos={self.site.qos}",
+            prologue=f"export PATH={self.env_dir}/bin:{NOTEBOOK_ENV}/bin:$PATH",
+            http_timeout=120, start_timeout=900)
+        path = self.state / "jupyterhub_config.py"
+        path.write_text(text)
+        return path
+
+    def _start(self, argv: list[str], log_name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with (self.state / log_name).open("wb") as log:
+            proc = subprocess.Popen(argv, env=env, cwd=self.state, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> Hub:
+        for port in (STOCK_PUBLIC_PORT, STOCK_PROXY_API_PORT, STOCK_HUB_PORT):
+            if port_open(port):
+                raise BenchError(f"port {port} is in use (find it with: ss -ltnp 'sport = :{port}')")
+        self.state.mkdir(mode=0o700)
+        self.build_env()
+        config = self.write_config()
+        env = {"PATH": f"{HUB_ENV}/bin:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.state),
+               "CONFIGPROXY_AUTH_TOKEN": self.proxy_token}
+        say(f"stock: starting configurable-http-proxy on :{STOCK_PUBLIC_PORT} (API :{STOCK_PROXY_API_PORT})")
+        proxy = self._start(["node", str(PROXY_MAIN), "--ip", "127.0.0.1", "--port", str(STOCK_PUBLIC_PORT),
+                             "--api-ip", "127.0.0.1", "--api-port", str(STOCK_PROXY_API_PORT),
+                             "--default-target", f"http://127.0.0.1:{STOCK_HUB_PORT}",
+                             "--error-target", f"http://127.0.0.1:{STOCK_HUB_PORT}/hub/error"], "proxy.log", env)
+        if not wait_until(lambda: port_open(STOCK_PROXY_API_PORT) or proxy.poll() is not None, 30) or proxy.poll():
+            raise BenchError(f"the stock hub's proxy did not start:\n{self.log_tail('proxy.log')}")
+        say(f"stock: starting JupyterHub (hub API :{STOCK_HUB_PORT}) with batchspawner.SlurmSpawner")
+        hub_proc = self._start([str(HUB_ENV / "bin" / "jupyterhub"), "-f", str(config)], "hub.log", env)
+        hub = Hub("stock hub", f"http://127.0.0.1:{STOCK_PUBLIC_PORT}", f"http://127.0.0.1:{STOCK_PROXY_API_PORT}",
+                  self.token, self.proxy_token)
+        if not wait_until(lambda: hub.api("GET", "/", timeout=3).status_code == 200 or hub_proc.poll() is not None,
+                          90, 0.5) or hub_proc.poll() is not None:
+            raise BenchError(f"the stock hub did not start:\n{self.log_tail('hub.log')}")
+        return hub
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join((self.state / name).read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self) -> None:
+        """Stop the hub (which stops its servers: cleanup_servers is on by default), then the proxy."""
+        for proc in reversed(self.procs):
+            stop_process_group(proc, timeout=40)
+        self.procs.clear()
+
+
+# ---- where the time goes: Slurm's and the server's own log lines ---------------------------------
+_SLURM_TS = r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)\] "
+_JUPYTER_TS = re.compile(r"^\[[A-Z] (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) ")
+_RUNNING = re.compile(r"Jupyter Server [0-9.]+ is running at")
+
+
+def tail_text(path: Path, max_bytes: int = 8_000_000) -> str:
+    with contextlib.suppress(OSError), path.open("rb") as fh:
+        fh.seek(max(0, path.stat().st_size - max_bytes))
+        return fh.read().decode(errors="replace")
+    return ""
+
+
+def find_time(text: str, pattern: str) -> float | None:
+    match = re.search(_SLURM_TS + pattern, text, re.MULTILINE)
+    return datetime.fromisoformat(match.group(1)).timestamp() if match else None
+
+
+def server_log_times(path: Path) -> tuple[float | None, float | None]:
+    """Wall-clock times of the server log's first timestamped line and of 'Jupyter Server ... is running at'."""
+    first = running = None
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            match = _JUPYTER_TS.match(line)
+            if not match:
+                continue
+            stamp = datetime.fromisoformat(match.group(1)).timestamp()
+            first = first if first is not None else stamp
+            if _RUNNING.search(line):
+                running = stamp
+                break
+    return first, running
+
+
+def add_stages(samples: list[Sample], ctld_log: str, home_log: Callable[[Sample], Path]) -> None:
+    """Split each sample's time into steps, from slurmctld's, slurmd's and the server's log lines."""
+    slurmd_logs: dict[str, str] = {}
+    for s in samples:
+        if s.ready_s is None or not s.job_id:
+            continue
+        ready = s.wall_post + s.ready_s
+        submitted = find_time(ctld_log, rf"_slurm_rpc_submit_batch_job: JobId={s.job_id} ")
+        allocated = find_time(ctld_log, rf"(?:sched: Allocate|backfill: Started) JobId={s.job_id} ")
+        if s.node not in slurmd_logs:
+            slurmd_logs[s.node] = tail_text(SLURM_LOGS / f"slurmd-{s.node}.log")
+        launched = find_time(slurmd_logs[s.node], rf"Launching batch job {s.job_id} ")
+        s.log_file = str(home_log(s))
+        first, running = server_log_times(Path(s.log_file))
+        points = [("hub submits (sbatch)", submitted), ("Slurm schedules", allocated),
+                  ("slurmd launches the job", launched), ("Python starts, imports (1st log line)", first),
+                  ("Jupyter Server starts (listening)", running), ("hub notices, proxy route, answer", ready)]
+        previous = s.wall_post
+        for name, stamp in points:
+            if stamp is None:
+                continue
+            s.stages[name] = stamp - previous
+            previous = stamp
+
+
+def add_floor_stages(samples: list[Sample]) -> None:
+    for s in samples:
+        if s.ready_s is None:
+            continue
+        first, running = server_log_times(Path(s.log_file))
+        points = [("Python starts, imports (1st log line)", first), ("Jupyter Server starts (listening)", running),
+                  ("answer", s.wall_post + s.ready_s)]
+        previous = s.wall_post
+        for name, stamp in points:
+            if stamp is not None:
+                s.stages[name] = stamp - previous
+                previous = stamp
+
+
+# ---- the report ----------------------------------------------------------------------------------
+def times(samples: list[Sample]) -> list[float]:
+    return [s.ready_s for s in samples if s.ready_s is not None]
+
+
+def summary(samples: list[Sample]) -> str:
+    values = times(samples)
+    failed = len(samples) - len(values)
+    if not values:
+        return f"no successful spawn ({failed} failed)"
+    text = f"{statistics.median(values):6.2f}  [{min(values):5.2f} – {max(values):5.2f}]  n={len(values)}"
+    return text + (f"  ({failed} FAILED)" if failed else "")
+
+
+def median(samples: list[Sample]) -> float | None:
+    values = times(samples)
+    return statistics.median(values) if values else None
+
+
+def makespan(samples: list[Sample]) -> float | None:
+    """First POST to the last server ready, for a wave started at once."""
+    done = [s for s in samples if s.ready_s is not None]
+    if not done or len(done) != len(samples):
+        return None
+    start = min(s.t_post for s in done)
+    return max(s.t_post + (s.ready_s or 0) for s in done) - start
+
+
+def ratio_line(label: str, a: float | None, b: float | None, target: str, ok: Callable[[float], bool]) -> str:
+    if a is None or b is None or b == 0:
+        return f"  {label:<34} n/a (missing measurements)"
+    value = a / b
+    return f"  {label:<34} {value:5.2f}   target {target:<7} {'met' if ok(value) else 'MISSED'}"
+
+
+def stage_table(cases: list[tuple[str, list[Sample]]]) -> list[str]:
+    names: list[str] = []
+    for _, samples in cases:
+        for s in samples:
+            names += [n for n in s.stages if n not in names]
+    order = ["hub submits (sbatch)", "Slurm schedules", "slurmd launches the job",
+             "Python starts, imports (1st log line)", "Jupyter Server starts (listening)",
+             "hub notices, proxy route, answer", "answer"]
+    names.sort(key=lambda n: order.index(n) if n in order else len(order))
+    width = 12
+    lines = [f"  {'step (median seconds)':<40}" + "".join(f"{label:>{width}}" for label, _ in cases)]
+    for name in names:
+        cells = []
+        for _, samples in cases:
+            values = [s.stages[name] for s in samples if name in s.stages]
+            cells.append(f"{statistics.median(values):{width}.2f}" if values else f"{'–':>{width}}")
+        lines.append(f"  {name:<40}" + "".join(cells))
+    return lines
+
+
+def report(results: dict[str, list[Sample]], n_concurrent: int, idle: dict[str, bool], elapsed: float) -> None:
+    floor, ours1, stock1 = results["floor"], results["ours-1"], results["stock-1"]
+    oursN, stockN = results["ours-N"], results["stock-N"]
+    print("\n" + "=" * 100)
+    print("Spawn-to-ready (POST /hub/api/users/NAME/server -> GET /user/NAME/api/status = 200 via the proxy)")
+    print("seconds: median  [min – max]  n\n")
+    rows = [("floor: server started directly as the user", floor),
+            ("ours  (SlurmLabSpawner), 1 user", ours1),
+            ("stock (batchspawner.SlurmSpawner), 1 user", stock1),
+            (f"ours,  {n_concurrent} users at once (each user)", oursN),
+            (f"stock, {n_concurrent} users at once (each user)", stockN)]
+    for label, samples in rows:
+        print(f"  {label:<46} {summary(samples)}")
+    for label, samples in ((f"ours,  {n_concurrent} at once: all ready after", oursN),
+                           (f"stock, {n_concurrent} at once: all ready after", stockN)):
+        span = makespan(samples)
+        print(f"  {label:<46} {span:6.2f}" if span is not None else f"  {label:<46} n/a (some failed)")
+    print("\nRatios of medians (same run, same cluster)")
+    print(ratio_line("ours / floor (1 user)", median(ours1), median(floor), "<= 1.2", lambda v: v <= 1.2))
+    print(ratio_line("stock / ours (1 user)", median(stock1), median(ours1), ">= 1.6", lambda v: v >= 1.6))
+    print(ratio_line(f"ours / stock ({n_concurrent} at once)", median(oursN), median(stockN), "<= 0.8",
+                     lambda v: v <= 0.8))
+    print(ratio_line(f"ours / stock ({n_concurrent} at once, all ready)", makespan(oursN), makespan(stockN),
+                     "<= 0.8", lambda v: v <= 0.8))
+    print("\nWhere the time goes (from slurmctld/slurmd logs and the server's own log; medians)")
+    for line in stage_table([("floor", floor), ("ours-1", ours1), ("stock-1", stock1),
+                             (f"ours-{n_concurrent}", oursN), (f"stock-{n_concurrent}", stockN)]):
+        print(line)
+    print("\nEach spawn (seconds):")
+    for key in ("floor", "ours-1", "stock-1", "ours-N", "stock-N"):
+        cells = [f"{s.ready_s:.2f}" if s.ready_s is not None else "FAIL" for s in results[key]]
+        print(f"  {key:<8} {' '.join(cells)}")
+    errors = [s for samples in results.values() for s in samples if s.error]
+    for s in errors[:10]:
+        print(f"  error ({s.case}, {s.user}): {s.error}")
+    disturbed = sum(s.disturbed for samples in results.values() for s in samples)
+    print()
+    if disturbed or not all(idle.values()):
+        print(f"NOTE: other users' Slurm jobs were in the queue during {disturbed} measurement(s); "
+              f"phases without an idle cluster: {[k for k, v in idle.items() if not v] or 'none'}")
+    else:
+        print("The cluster had no other Slurm jobs during any measurement.")
+    load = os.getloadavg()
+    print(f"Load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs). "
+          f"Whole run: {elapsed:.0f} s.")
+
+
+# ---- the run -------------------------------------------------------------------------------------
+class Interrupted(Exception):
+    """SIGTERM (or SIGHUP) arrived; clean up like on Ctrl-C."""
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Let cleanup finish: a second Ctrl-C must not leave jobs behind (cleanup is bounded by timeouts)."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    site: Site
+    users: list[str]
+    main: Hub
+    main_tokens: dict[str, str] = field(default_factory=dict)
+    stock: StockHub | None = None
+    stock_hub: Hub | None = None
+    stock_tokens: dict[str, str] = field(default_factory=dict)
+    workdir: Path | None = None
+    results: dict[str, list[Sample]] = field(default_factory=dict)
+    idle: dict[str, bool] = field(default_factory=dict)
+
+    def disturbed(self) -> bool:
+        return bool(other_jobs(set(self.users)))
+
+    def measure(self, hub: Hub, tokens: dict[str, str], options: dict[str, Any] | None, case: str,
+                timeout: float) -> list[Sample]:
+        """One wave (all of ``tokens`` at once), then stop those servers and wait until their jobs are gone."""
+        before = self.disturbed()
+        samples = spawn_wave(hub, tokens, options, case, timeout)
+        after = self.disturbed()
+        for s in samples:
+            s.disturbed = before or after
+        if not hub.stop_servers(list(tokens)):
+            say(f"WARNING: {hub.label}: servers of {list(tokens)} did not all stop in time; cancelling their jobs")
+            cancel_jobs_of(list(tokens))
+        time.sleep(self.args.settle)
+        return samples
+
+    def setup(self) -> None:
+        say(f"main hub: preparing {len(self.users)} benchmark users ({self.users[0]}..{self.users[-1]})")
+        self.main.stop_servers(self.users)  # leftovers of an interrupted run
+        cancel_jobs_of(self.users)
+        for name in self.users:
+            self.main_tokens[name] = self.main.ensure_user(name)
+        self.workdir = Path(tempfile.mkdtemp(prefix="aifl-spawn-bench-"))
+        self.workdir.chmod(0o755)  # job users read the venv in it; the hub's files are in a 0700 subfolder
+        single = self.site.resources[self.site.default_profile]
+        self.stock = StockHub(self.workdir, single, self.site)
+        self.stock_hub = self.stock.start()
+        say("stock hub: creating the same users")
+        for name in self.users:
+            self.stock_tokens[name] = self.stock_hub.ensure_user(name)
+
+    def one(self, tokens: dict[str, str]) -> dict[str, str]:
+        first = self.users[0]
+        return {first: tokens[first]}
+
+    def run_floor(self, index: int) -> Sample:
+        assert self.workdir is not None
+        user = self.users[0]
+        return floor_once(user, self.main_tokens[user], self.site.language, self.workdir / f"floor-{index}.log")
+
+    def run(self) -> None:
+        assert self.stock_hub is not None
+        single = {"profile": self.site.default_profile}
+        wide = self.site.resources[self.args.concurrent_profile]
+        stock_wide = wide.stock_options()
+        ours_main, stock = self.main, self.stock_hub
+        self.results = {key: [] for key in ("floor", "ours-1", "stock-1", "ours-N", "stock-N")}
+
+        say(f"waiting (up to {self.args.idle_wait:.0f} s) until no other Slurm jobs run")
+        self.idle["1 user"] = wait_for_idle_cluster(set(self.users), self.args.idle_wait)
+        say("warm-up (not counted): one spawn each of floor, ours and stock")
+        for label, sample in (("floor", self.run_floor(0)),
+                              ("ours", self.measure(ours_main, self.one(self.main_tokens), single, "warm", 180)[0]),
+                              ("stock", self.measure(stock, self.one(self.stock_tokens), None, "warm", 180)[0])):
+            say(f"  warm-up {label}: " + (f"{sample.ready_s:.2f} s" if sample.ready_s is not None else sample.error))
+        for i in range(1, self.args.repeats + 1):  # interleaved, so drift affects all three alike
+            wait_for_idle_cluster(set(self.users), 60)
+            floor = self.run_floor(i)
+            floor.disturbed = self.disturbed()
+            self.results["floor"].append(floor)
+            ours = self.measure(ours_main, self.one(self.main_tokens), single, "ours-1", 180)[0]
+            self.results["ours-1"].append(ours)
+            stock1 = self.measure(stock, self.one(self.stock_tokens), None, "stock-1", 180)[0]
+            self.results["stock-1"].append(stock1)
+            say(f"round {i}/{self.args.repeats}: " + ", ".join(
+                f"{s.case} {s.ready_s:.2f} s" if s.ready_s is not None else f"{s.case} FAILED ({s.error})"
+                for s in (floor, ours, stock1)))
+
+        n = len(self.users)
+        for key, hub, tokens, options in (("ours-N", ours_main, self.main_tokens, {"profile": wide.slug}),
+                                          ("stock-N", stock, self.stock_tokens, stock_wide)):
+            self.idle[key] = wait_for_idle_cluster(set(self.users), self.args.idle_wait)
+            say(f"{key}: {n} users at once ({wide.slug}: {wide.cpus} CPUs, {wide.gpus} GPU, {wide.memory_gb} GB each)")
+            samples = self.measure(hub, tokens, options, key, self.args.concurrent_timeout)
+            self.results[key] = samples
+            span = makespan(samples)
+            say(f"  {key}: median {median(samples) or float('nan'):.2f} s, all ready after "
+                + (f"{span:.2f} s" if span is not None else "n/a")
+                + (f"; {sum(1 for s in samples if s.error)} failed: {next(s.error for s in samples if s.error)}"
+                   if any(s.error for s in samples) else ""))
+
+        self.add_stages()
+
+    def add_stages(self) -> None:
+        def ours_log(s: Sample) -> Path:
+            return Path(pwd.getpwnam(s.user).pw_dir) / self.site.job_log_dir / f"session-{s.job_id}.log"
+
+        def stock_log(s: Sample) -> Path:
+            return Path(pwd.getpwnam(s.user).pw_dir) / f"jupyterhub_slurmspawner_{s.job_id}.log"
+
+        ctld = tail_text(SLURM_LOGS / "slurmctld.log")
+        add_stages(self.results.get("ours-1", []) + self.results.get("ours-N", []), ctld, ours_log)
+        add_stages(self.results.get("stock-1", []) + self.results.get("stock-N", []), ctld, stock_log)
+        add_floor_stages(self.results.get("floor", []))
+
+    def cleanup(self) -> None:
+        say("cleaning up: servers, the stock hub and its proxy, jobs, users, the temporary directory")
+        if self.stock_hub is not None:
+            with contextlib.suppress(requests.RequestException):
+                self.stock_hub.stop_servers(self.users, timeout=60)
+        if self.stock is not None:
+            self.stock.stop()
+        with contextlib.suppress(requests.RequestException):
+            self.main.stop_servers(self.users, timeout=60)
+        cancel_jobs_of(self.users)
+        with contextlib.suppress(requests.RequestException):
+            self.main.delete_users(self.users)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        left = jobs_of(self.users)
+        say("clean: no benchmark jobs left" if not left else f"WARNING: benchmark jobs still queued: {left}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="sequential single-user spawns per case (5)")
+    parser.add_argument("--concurrent", type=int, default=16, help="users started at once (16)")
+    parser.add_argument("--concurrent-profile", default="gpu-1", help="profile of the concurrent wave (gpu-1)")
+    parser.add_argument("--concurrent-timeout", type=float, default=300, help="seconds for a whole wave (300)")
+    parser.add_argument("--idle-wait", type=float, default=240,
+                        help="seconds to wait for other users' jobs to finish before measuring (240)")
+    parser.add_argument("--settle", type=float, default=1.0, help="pause after each stop, seconds (1)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.repeats <= 50 or not 1 <= args.concurrent <= 99:
+        parser.error("--repeats must be 1..50 and --concurrent 1..99")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("spawn_latency: run as root (it starts a second hub that submits jobs as the users)", file=sys.stderr)
+        return 2
+    site = Site.load(SITE_FILE)
+    if args.concurrent_profile not in site.resources:
+        print(f"spawn_latency: no profile {args.concurrent_profile!r} in {SITE_FILE}", file=sys.stderr)
+        return 2
+    main_hub = Hub("main hub", MAIN_PUBLIC, MAIN_PROXY_API, (STATE / "lab-service-token").read_text().strip(),
+                   (STATE / "proxy-token").read_text().strip())
+    try:
+        main_hub.api("GET", "/", timeout=5).raise_for_status()
+    except requests.RequestException as exc:
+        print(f"spawn_latency: the lab's hub does not answer at {MAIN_PUBLIC} ({exc}); start it with ./lab up",
+              file=sys.stderr)
+        return 1
+    users = [f"{USER_PREFIX}{i:02d}" for i in range(1, args.concurrent + 1)]
+    bench = Bench(args, site, users, main_hub)
+    started = time.monotonic()
+    say(f"spawn-latency benchmark: {args.repeats} x 1 user and {args.concurrent} at once; "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
+    code = 0
+    try:
+        bench.setup()
+        bench.run()
+    except (KeyboardInterrupt, Interrupted) as exc:
+        say(f"interrupted ({type(exc).__name__} {exc}); cleaning up")
+        code = 130
+    except (BenchError, requests.RequestException, subprocess.SubprocessError, OSError) as exc:
+        say(f"ERROR: {exc}")
+        if bench.stock is not None:
+            print(f"--- stock hub log (tail) ---\n{bench.stock.log_tail('hub.log')}", file=sys.stderr)
+        code = 1
+    finally:
+        with signals_ignored():
+            bench.cleanup()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if code != 0 and any(bench.results.values()):
+        say("the run did not finish; the results so far:")
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            bench.add_stages()
+    if any(bench.results.values()):
+        for key in ("floor", "ours-1", "stock-1", "ours-N", "stock-N"):
+            bench.results.setdefault(key, [])
+        report(bench.results, args.concurrent, bench.idle, time.monotonic() - started)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
