@@ -41,6 +41,12 @@ def slurm(*argv: str) -> str:
     return subprocess.run(list(argv), capture_output=True, text=True, check=True, timeout=60).stdout
 
 
+def remove_account(name: str) -> None:
+    """Remove a test user's Unix account, home and Slurm association (the lab itself never deletes them)."""
+    subprocess.run(["sacctmgr", "-i", "delete", "user", name], capture_output=True, check=False, timeout=60)
+    subprocess.run(["userdel", "--remove", name], capture_output=True, check=False, timeout=60)
+
+
 @dataclass
 class Hub:
     """A small REST client for the hub, with the lab's service token."""
@@ -152,3 +158,4 @@ def users(hub):
             hub.api("DELETE", f"/users/{name}/server")
             hub.wait_gone(name)
         hub.api("DELETE", f"/users/{name}")
+        remove_account(name)

@@ -7,6 +7,7 @@ Screenshots go to ``test-artifacts/`` in the repository root.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import subprocess
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import BASE, REPO, Hub, browser_session, slurm
+from conftest import BASE, REPO, Hub, browser_session, remove_account, slurm
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
@@ -141,14 +142,17 @@ def spawn_gpu_session(page: Page, name: str) -> None:
 
 def run_in_new_notebook(page: Page, code: str) -> str:
     """Open a new Python notebook from the launcher, run ``code`` in its first cell; return the output text."""
-    card = page.locator('.jp-LauncherCard[data-category="Notebook"]').first
-    card.click(timeout=LAB_TIMEOUT_MS)
+    page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click(timeout=LAB_TIMEOUT_MS)
     notebook = page.locator(".jp-NotebookPanel:visible")
-    editor = notebook.locator(".jp-Cell").first.locator(".cm-content")
+    # Type only once the kernel is connected and idle: while it starts, JupyterLab moves the focus around.
+    expect(notebook.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_be_attached(
+        timeout=KERNEL_TIMEOUT_MS)
+    editor = notebook.locator(".jp-CodeCell").first.locator(".cm-content")
     editor.click()
     page.keyboard.insert_text(code)
-    page.keyboard.press("Shift+Enter")
-    output = notebook.locator(".jp-OutputArea-output").first
+    expect(editor).to_contain_text(code.splitlines()[-1])
+    notebook.locator('[data-command="notebook:run-cell-and-select-next"]').click()
+    output = notebook.locator(".jp-CodeCell").first.locator(".jp-OutputArea-output")
     expect(output).to_contain_text("NODE", timeout=KERNEL_TIMEOUT_MS)
     return output.inner_text()
 
@@ -205,6 +209,7 @@ def browser_user(hub: Hub) -> Iterator[tuple[str, str]]:
         discard_signup(name)
     if squeue_of(name):  # last resort: nothing of the test's may keep holding a GPU
         subprocess.run(["scancel", "-u", name], check=False, timeout=60)
+    remove_account(name)
 
 
 @pytest.fixture
@@ -218,11 +223,14 @@ def playwright() -> Iterator[Playwright]:
 def test_browser_signs_up_runs_a_gpu_notebook_and_stops_without_leaving_the_machine(
         hub: Hub, browser_user: tuple[str, str], playwright: Playwright) -> None:
     name, password = browser_user
+    for stale in ARTIFACTS.glob("browser-failure*"):
+        stale.unlink()
     log = RequestLog()
     browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
     context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 900})
     context.set_default_timeout(30_000)
     log.watch(context)
+    context.tracing.start(screenshots=True, snapshots=True)
     page = context.new_page()
     try:
         sign_up(page, name, password)
@@ -235,9 +243,9 @@ def test_browser_signs_up_runs_a_gpu_notebook_and_stops_without_leaving_the_mach
         match = OUTPUT.search(output)
         assert match, f"unexpected cell output: {output!r}"
         node, gpu, job_gpus = match.groups()
-        # Slurm agrees: the user's one job runs on that node, with that GPU.
-        assert squeue_of(name, "%N") == [node]
+        # Slurm agrees: the user's one job runs on that node, with that GPU, for the one hour asked for.
         (job,) = squeue_of(name)
+        assert squeue_of(name, "%N|%l") == [f"{node}|1:00:00"]
         detail = slurm("scontrol", "show", "job", "-d", job)
         assert re.search(rf"GRES=gpu:h200:1\(IDX:{job_gpus}\)", detail), detail
         assert gpu in ("0", job_gpus)  # CUDA_VISIBLE_DEVICES may be renumbered from 0 within the job
@@ -246,10 +254,15 @@ def test_browser_signs_up_runs_a_gpu_notebook_and_stops_without_leaving_the_mach
         assert wait_no_jobs(name) == [], f"Slurm still runs a job of {name} after stop"
         page.reload()
         expect(page.locator("#stop")).to_have_count(0)
+        expect(page.locator("#aifl-session-ended")).to_have_count(0)  # stopped in the lab, not outside it
         shot(page, "3-home-after-stop")
     except BaseException:
-        shot(page, "failure")
+        with contextlib.suppress(Exception):  # never hide the failure behind one of its artefacts
+            shot(page, "failure")
+            context.tracing.stop(path=str(ARTIFACTS / "browser-failure-trace.zip"))  # `playwright show-trace`
         raise
+    else:
+        context.tracing.stop()
     finally:
         context.close()
         browser.close()
