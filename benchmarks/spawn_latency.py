@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -805,6 +806,9 @@ class Bench:
     def measure(self, hub: Hub, tokens: dict[str, str], options: dict[str, Any] | None, case: str,
                 timeout: float, wave: int = 0) -> list[Sample]:
         """One wave (all of ``tokens`` at once), then stop those servers and wait until their jobs are gone."""
+        # slurmctld starts pending jobs on a ~1 s tick: a random phase gives both spawners the same expected
+        # wait (without it the fixed rhythm of this loop can land one of them on the same phase every time).
+        time.sleep(random.uniform(0, 1))
         before = self.disturbed()
         samples = spawn_wave(hub, tokens, options, case, timeout, wave)
         after = self.disturbed()

@@ -88,6 +88,17 @@ class Hub:
             time.sleep(0.5)
         raise AssertionError(f"{name}'s server still exists after {timeout} s")
 
+    def job_of_pending(self, name: str, exclude: list[str], timeout: float = 30) -> str:
+        """The id of the user's pending session job (not one of ``exclude``), once Slurm has it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            jobs = [j for j in slurm("squeue", "-h", "-t", "PENDING", "-u", name, "-o", "%i").split()
+                    if j not in exclude]
+            if jobs:
+                return jobs[0]
+            time.sleep(0.2)
+        raise AssertionError(f"no pending session job of {name}")
+
     def job_of(self, name: str) -> str:
         """The Slurm job id of the user's session, from Slurm itself."""
         jobs = slurm("squeue", "-h", "-u", name, "-o", "%i").split()

@@ -13,7 +13,7 @@ PACKAGE = Path(aifl_hub.__file__).parent
 
 
 def _messages():
-    found = extract_from_dir(str(PACKAGE), method_map=[("**.py", "python")], keywords={"_": None})
+    found = extract_from_dir(str(PACKAGE), method_map=[("**.py", "python")], keywords={"_": None, "N_": None})
     return {m[2] for m in found if isinstance(m[2], str)}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import signal
@@ -157,3 +158,30 @@ def test_a_refused_submission_is_explained_in_plain_words(hub, users):
     assert ("The cluster did not accept the session: Invalid account or account/partition combination specified"
             in progress)
     assert hub.server(name) is None
+
+
+def test_waiting_session_shows_place_reason_and_can_be_cancelled(hub, users):
+    name, token = users()
+    fillers = [slurm("runuser", "-u", name, "--", "sbatch", "--parsable", "-p", "gpu", "-A", "lab",
+                     "--gres=gpu:4", "-c", "1", "--mem=1G", "-t", "10", "--wrap", "sleep 600").strip()
+               for _ in range(4)]  # all 16 GPUs busy
+    try:
+        r = hub.api("POST", f"/users/{name}/server", token=token, json={"user_options": {"profile": "gpu-1"}},
+                    headers={"Accept-Language": "en"})
+        assert r.status_code == 202
+        job = hub.job_of_pending(name, exclude=fillers)
+        messages: list[str] = []
+        with hub.api("GET", f"/users/{name}/server/progress", token=token, stream=True) as stream:
+            for line in stream.iter_lines(decode_unicode=True):
+                if line.startswith("data:"):
+                    messages.append(json.loads(line[5:])["message"])
+                    if "Reason:" in messages[-1]:
+                        break
+        assert messages[-1].startswith("Waiting in the queue: place 1 of 1. Reason: ")
+        assert "all places that fit this profile are in use" in messages[-1] or "go first" in messages[-1]
+        # Cancelling the waiting session removes its job from the queue.
+        assert hub.api("DELETE", f"/users/{name}/server", token=token).status_code in (202, 204)
+        hub.wait_gone(name)
+        assert job not in slurm("squeue", "-h", "-o", "%i").split()
+    finally:
+        slurm("scancel", *fillers)

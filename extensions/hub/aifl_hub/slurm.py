@@ -11,10 +11,14 @@ import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+
+from .queue import QUEUE_FORMAT
 
 _JOB_ID = re.compile(r"^[0-9]+$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 PENDING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED"})
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"})
@@ -115,6 +119,22 @@ class SlurmClient:
                 node = parts[2] if parts[2] not in ("", "n/a", "(null)") else ""
                 return JobInfo(job_id, parts[1], node, parts[3])
         return None
+
+    async def pending_in_partition(self, partition: str) -> str:
+        """Raw ``squeue`` lines (:data:`.queue.QUEUE_FORMAT`) of the pending jobs in ``partition``."""
+        if not _NAME.match(partition):
+            raise ValueError(f"not a partition name: {partition!r}")
+        return await run_argv([self._bin("squeue"), "-h", "-t", "PENDING", "-p", partition, "-o", QUEUE_FORMAT])
+
+    async def expected_start(self, job_id: str) -> datetime | None:
+        """Slurm's estimate of when a pending job starts (``squeue --start``), if it has one."""
+        if not _JOB_ID.match(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        out = (await run_argv([self._bin("squeue"), "--start", "-h", "-j", job_id, "-o", "%S"])).strip()
+        try:
+            return datetime.fromisoformat(out)
+        except ValueError:
+            return None
 
     async def cancel(self, user: str, job_id: str) -> None:
         """Cancel ``job_id`` as ``user`` (a job that already ended is not an error)."""

@@ -29,6 +29,7 @@ from traitlets import Dict, Float, List, Unicode, default
 
 from .i18n import gettext_for, pick_language
 from .options import OptionsError, SessionRequest, profiles_by_slug, validate_options
+from .queue import explain_reason, queue_place
 from .script import JobSpec, build_script
 from .site import Site, load_site
 from .slurm import JobInfo, SlurmClient, SlurmError, SlurmUnavailable
@@ -272,15 +273,38 @@ class SlurmLabSpawner(SlurmSpawner):
                 return
             await asyncio.sleep(0.25)
 
+    async def waiting_message(self) -> str:
+        """Why the job waits, its place in the queue and Slurm's expected start, in plain words."""
+        message = self._("Waiting in the queue (job {job}).").format(job=self.job_id)
+        try:
+            job = await self.slurm.job(self.job_id)
+            if job is None or not job.pending:
+                return message
+            reason = explain_reason(job.reason, self.lang or "en")
+            place = None
+            if self.session_request is not None:
+                place = queue_place(self.job_id, await self.slurm.pending_in_partition(self.session_request.partition))
+            start = await self.slurm.expected_start(self.job_id)
+        except SlurmError as exc:
+            self.log.warning("Could not read the queue for job %s: %s", self.job_id, exc)
+            return message
+        if place is not None:
+            message = self._("Waiting in the queue: place {position} of {waiting}.").format(
+                position=place.position, waiting=place.waiting)
+        message += " " + self._("Reason: {reason}.").format(reason=reason)
+        if start is not None:
+            message += " " + self._("Expected to start around {time}.").format(time=start.strftime("%H:%M"))
+        return message
+
     async def progress(self):  # noqa: ANN201 - an async generator of JupyterHub progress events
-        """Progress events for the spawn page: queued, starting on a node, JupyterLab starting."""
+        """Progress events for the spawn page: queued (with reason and place), starting on a node."""
         last = ""
         while True:
             state, _, node = self.job_status.partition(" ")
             if not self.job_id:
                 message = self._("Asking the cluster for a place…")
             elif state in ("PENDING", "CONFIGURING", "REQUEUED"):
-                message = self._("Waiting in the queue for a free place (job {job}).").format(job=self.job_id)
+                message = await self.waiting_message()
             elif node:
                 message = self._("JupyterLab is starting on {node}.").format(node=node)
             else:
@@ -288,7 +312,7 @@ class SlurmLabSpawner(SlurmSpawner):
             if message != last:
                 yield {"message": message}
                 last = message
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(2 if state == "PENDING" else 0.5)
 
     # ---- state kept in the hub database ------------------------------------------------------
     last_end = Dict(help="Why the last session ended outside the lab: job id and Slurm state (kept in hub state).")
