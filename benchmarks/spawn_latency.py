@@ -601,7 +601,7 @@ def add_stages(samples: list[Sample], ctld_log: str, home_log: Callable[[Sample]
             continue
         ready = s.wall_post + s.ready_s
         submitted = find_time(ctld_log, rf"_slurm_rpc_submit_batch_job: JobId={s.job_id} ")
-        allocated = find_time(ctld_log, rf"(?:sched: Allocate|backfill: Started) JobId={s.job_id} ")
+        allocated = find_time(ctld_log, rf"(?:sched: Allocate|_start_job: Started) JobId={s.job_id} ")
         if s.node not in slurmd_logs:
             slurmd_logs[s.node] = tail_text(SLURM_LOGS / f"slurmd-{s.node}.log")
         launched = find_time(slurmd_logs[s.node], rf"Launching batch job {s.job_id} ")
@@ -692,14 +692,16 @@ def stage_table(cases: list[tuple[str, list[Sample]]]) -> list[str]:
 
 def stage_rows(samples: list[Sample]) -> list[str]:
     """One line per spawn: its total and its steps, in the order of the stage table."""
-    order = [SUBMIT, SCHEDULE, LAUNCH, IMPORTS, LISTEN, NOTICE, ANSWER]
+    order = [IMPORTS, LISTEN, ANSWER] if samples and samples[0].case == "floor" else \
+        [SUBMIT, SCHEDULE, LAUNCH, IMPORTS, LISTEN, NOTICE]
     lines = []
     for s in samples:
-        steps = " ".join(f"{s.stages[n]:5.2f}" for n in order if n in s.stages)
+        steps = " ".join(f"{s.stages[n]:5.2f}" if n in s.stages else "    –" for n in order)
         total = f"{s.ready_s:6.2f}" if s.ready_s is not None else "  FAIL"
         flag = " (other jobs queued)" if s.disturbed else ""
-        lines.append(f"    {s.case:<8} {s.user:<8} {total} = {steps}{flag}" if steps else
-                     f"    {s.case:<8} {s.user:<8} {total}{flag} {s.error}")
+        job = f"job {s.job_id}" if s.job_id else ""
+        lines.append(f"    {s.case:<8} {job:<9} {total} = {steps}{flag}" if s.stages else
+                     f"    {s.case:<8} {job:<9} {total}{flag} {s.error}")
     return lines
 
 
@@ -976,6 +978,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"spawn-latency benchmark: {args.repeats} x 1 user and {args.concurrent} at once; "
         f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with &
     code = 0
     try:
         bench.setup()
@@ -990,13 +993,14 @@ def main(argv: list[str] | None = None) -> int:
         code = 1
     finally:
         with signals_ignored():
+            if code != 0 and any(bench.results.values()):
+                with contextlib.suppress(OSError, KeyError, ValueError):
+                    bench.add_stages()  # before the floor's logs in the temporary directory are removed
             bench.cleanup()
         for s, handler in previous.items():
             signal.signal(s, handler)
     if code != 0 and any(bench.results.values()):
         say("the run did not finish; the results so far:")
-        with contextlib.suppress(OSError, KeyError, ValueError):
-            bench.add_stages()
     if any(bench.results.values()):
         for key in CASES:
             bench.results.setdefault(key, [])

@@ -111,6 +111,7 @@ class SlurmLabSpawner(SlurmSpawner):
                              handler.get_cookie(LANG_COOKIE), default=default_lang)
 
     def _(self, text: str) -> str:
+        """``text`` in the user's language."""
         return gettext_for(self.lang or self.site["site"].get("default_language", "en"))(text)
 
     # ---- user options -------------------------------------------------------------------------
@@ -162,7 +163,7 @@ class SlurmLabSpawner(SlurmSpawner):
             raise SessionFailed(self._("Your account on the cluster is not ready yet. "
                                        "Ask the lab's administrator to approve it.")) from None
 
-    def job_spec(self) -> JobSpec:
+    def job_spec(self, env_names: list[str]) -> JobSpec:
         """The parts of the job that come from the site and the user's Unix account."""
         account = self._account()
         bin_dir = str(self.environment_prefix / "bin")
@@ -172,7 +173,7 @@ class SlurmLabSpawner(SlurmSpawner):
             home=account.pw_dir,
             log_path=f"{account.pw_dir}/{log_dir}/session-%j.log",
             command=[f"{bin_dir}/aifl-singleuser", *self.get_args()],
-            export_names=sorted(self.get_env()),
+            export_names=sorted(env_names),
             path_dirs=[bin_dir, *self.extra_path],
             gpu_type=self.site["cluster"].get("gpu_nodes", {}).get("gpu_type", ""),
         )
@@ -204,9 +205,11 @@ class SlurmLabSpawner(SlurmSpawner):
         self.port_ready = asyncio.Event()
         self.last_end = {}
         request = self.session_request or self.check_user_options(self.user_options)
-        script = build_script(request, self.job_spec())
+        self._account()  # a clear message before anything else if the user has no account yet
+        env = self.get_env()
+        script = build_script(request, self.job_spec(list(env)))
         try:
-            self.job_id = await self.slurm.submit(self.user.name, script, self.get_env())
+            self.job_id = await self.slurm.submit(self.user.name, script, env)
         except SlurmError as exc:
             self.log.error("Submitting a session for %s failed: %s", self.user.name, exc.stderr)
             reason = exc.stderr.splitlines()[-1] if exc.stderr else str(exc)
