@@ -15,7 +15,11 @@ until ``GET /user/NAME/api/status`` answers 200 through the proxy, for
   timed until ``/user/NAME/api/status`` answers 200 with a token of that user.
 
 Single-user spawns use the site's default profile (cpu-small); the concurrent wave uses a profile that
-fits M sessions at once (gpu-1: 16 x 1 GPU fills the 4 x 4 GPU nodes exactly).
+fits M sessions at once (gpu-1: 16 x 1 GPU fills the 4 x 4 GPU nodes exactly). Single-user rounds
+interleave floor, ours and stock (after a warm-up of each); a round during which other users' jobs were
+queued is repeated. Concurrent waves run ours, stock, stock, ours (``--waves 2``). Before each spawn a
+random pause of up to 1 s puts the submission at a random phase of slurmctld's ~1 s scheduling tick.
+Each spawn is split into steps from slurmctld's and slurmd's logs and the server's own log.
 
 It uses fixed benchmark users ``bench01``.. (Unix accounts and Slurm associations made by the hub's
 account helper are kept for the next run; the hub users are removed at the end). Everything it starts
@@ -60,6 +64,7 @@ MAIN_HUB_API = "http://127.0.0.1:8081/hub/api"  # what jobs of the main hub use 
 STATE = Path("/var/lib/aifl")
 SITE_FILE = Path("/etc/aifl/site.yaml")
 NOTEBOOK_ENV = Path("/opt/aifl/envs/default")
+REPO = Path(__file__).resolve().parents[1]
 HUB_ENV = Path("/opt/aifl/hub")
 PROXY_MAIN = Path("/opt/aifl/proxy/node_modules/configurable-http-proxy/bin/configurable-http-proxy")
 SLURM_LOGS = Path("/var/log/slurm")
@@ -68,6 +73,8 @@ SLURM_BIN = Path("/usr/bin")
 # ---- the stock hub this script starts ----------------------------------------------------------
 STOCK_PUBLIC_PORT, STOCK_PROXY_API_PORT, STOCK_HUB_PORT = 8100, 8101, 8181
 BATCHSPAWNER = "batchspawner==1.3.0"
+# What pip's resolver puts into a stock JupyterLab environment that images/default leaves out.
+STOCK_EXTRAS = ("rfc3987-syntax==1.1.0", "lark==1.3.1")
 
 CASES = ("floor", "ours-1", "stock-1", "ours-N", "stock-N")
 POLL_S = 0.05  # readiness polling interval (all three cases)
@@ -484,10 +491,16 @@ class StockHub:
         notebook_site = next((NOTEBOOK_ENV / "lib").glob("python3*/site-packages"))
         (site_packages / "aifl-notebook-env.pth").write_text(f"{notebook_site}\n")
         run([str(self.env_dir / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--no-deps",
-             BATCHSPAWNER], timeout=300)
-        # Jupyter finds its config and data (server extensions, the JupyterLab app) under sys.prefix:
-        # without these links the stock job would start a server with fewer extensions than ours.
-        for part in ("etc/jupyter", "share/jupyter", "share/jupyterhub"):
+             BATCHSPAWNER, *STOCK_EXTRAS], timeout=300)
+        # Stock = the environment as `pip install jupyterlab` leaves it: every installed server extension
+        # on (the packages' own jupyter_server_config.d files), none of our trimming, and the packages
+        # pip's resolver adds (STOCK_EXTRAS) that the shipped image leaves out.
+        shutil.copytree(NOTEBOOK_ENV / "etc" / "jupyter", self.env_dir / "etc" / "jupyter", symlinks=True)
+        ours = REPO / "images" / "default" / "etc" / "jupyter"
+        for path in ours.rglob("*"):
+            if path.is_file():
+                (self.env_dir / "etc" / "jupyter" / path.relative_to(ours)).unlink(missing_ok=True)
+        for part in ("share/jupyter", "share/jupyterhub"):
             if (NOTEBOOK_ENV / part).exists():
                 (self.env_dir / part).parent.mkdir(parents=True, exist_ok=True)
                 (self.env_dir / part).symlink_to(NOTEBOOK_ENV / part)

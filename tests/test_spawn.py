@@ -163,9 +163,14 @@ def test_a_refused_submission_is_explained_in_plain_words(hub, users):
 def test_waiting_session_shows_place_reason_and_can_be_cancelled(hub, users):
     name, token = users()
     fillers = [slurm("runuser", "-u", name, "--", "sbatch", "--parsable", "-p", "gpu", "-A", "lab",
-                     "--gres=gpu:4", "-c", "1", "--mem=1G", "-t", "10", "--wrap", "sleep 600").strip()
+                     "--gres=gpu:4", "-c", "1", "--mem=1G", "-t", "10", "-o", "/dev/null", "--chdir=/tmp",
+                     "--wrap", "sleep 600").strip()
                for _ in range(4)]  # all 16 GPUs busy
     try:
+        deadline = time.monotonic() + 30
+        while slurm("squeue", "-h", "-t", "RUNNING", "-j", ",".join(fillers), "-o", "%i").split() != sorted(
+                fillers, key=int) and time.monotonic() < deadline:
+            time.sleep(0.3)
         r = hub.api("POST", f"/users/{name}/server", token=token, json={"user_options": {"profile": "gpu-1"}},
                     headers={"Accept-Language": "en"})
         assert r.status_code == 202

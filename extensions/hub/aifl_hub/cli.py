@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -91,13 +92,30 @@ def build_environment(repo: Path, site: Site, progress: Progress) -> None:
         run(["/usr/bin/python3", "-m", "venv", str(prefix)])
     pip = [str(prefix / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
     progress.note("installing the pinned packages of images/" + name)
-    run([*pip, "-r", str(spec / "requirements.txt")], timeout=1800)
+    run([*pip, "--no-deps", "-r", str(spec / "requirements.txt")], timeout=1800)
     run([*pip, "--no-deps", "--force-reinstall", str(repo / "extensions" / "notebook")], timeout=600)
+    _remove_unlisted(prefix, spec / "requirements.txt", progress)
     for sub in ("etc", "share"):
         if (spec / sub).is_dir():
             shutil.copytree(spec / sub, prefix / sub, dirs_exist_ok=True)
     run(["chmod", "-R", "a+rX", str(prefix)])
     stamp_file.write_text(stamp)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _remove_unlisted(prefix: Path, lock: Path, progress: Progress) -> None:
+    """Uninstall what the lock file does not list, so the environment is exactly the lock (plus our package)."""
+    listed = {_canonical(line.split("==")[0]) for line in lock.read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    listed |= {"aifl-notebook", "pip", "setuptools"}
+    installed = run([str(prefix / "bin" / "pip"), "list", "--format=freeze", "--disable-pip-version-check"]).stdout
+    extra = sorted(n for n in (_canonical(line.split("==")[0]) for line in installed.splitlines()) if n not in listed)
+    if extra:
+        progress.note("removing packages the image no longer lists: " + ", ".join(extra))
+        run([str(prefix / "bin" / "pip"), "uninstall", "-y", "-q", *extra])
 
 
 def install_proxy(progress: Progress) -> Path:

@@ -232,8 +232,10 @@ class SlurmLabSpawner(SlurmSpawner):
             node = job.node if job.running else ""
             if node and self.port:
                 break
+            # Once the job runs, the job's own report wakes us; Slurm is asked only now and then.
+            interval = self.job_check_interval * (5 if job.running else 1)
             try:
-                await asyncio.wait_for(self.port_ready.wait(), timeout=self.job_check_interval)
+                await asyncio.wait_for(self.port_ready.wait(), timeout=interval)
             except TimeoutError:
                 pass
         self.log.info("Job %s of %s serves on %s:%s", self.job_id, self.user.name, node, self.port)

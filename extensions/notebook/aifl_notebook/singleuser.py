@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from urllib.parse import urlparse
 
@@ -30,15 +31,28 @@ def free_port(ip: str) -> int:
         return sock.getsockname()[1]
 
 
-def report_port_when_listening(ip: str, port: int, timeout: float = 300) -> None:
-    """Wait until ``ip:port`` accepts connections, then post the port to the hub."""
+def serving(url: str) -> bool:
+    """True when the server at ``url`` answers HTTP at all (any status: it is serving requests)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - our own http:// URL
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def report_port_when_listening(ip: str, port: int, prefix: str, timeout: float = 300) -> None:
+    """Wait until the server at ``ip:port`` answers HTTP, then post the port to the hub.
+
+    An HTTP answer, not just an accepted connection: while starting, Jupyter Server briefly listens
+    on the port to check that it is free.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((ip, port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.02)
+        if serving(f"http://{ip}:{port}{prefix}api"):
+            break
+        time.sleep(0.02)
     else:
         print(f"aifl-singleuser: the server did not listen on {ip}:{port}", file=sys.stderr)
         return
@@ -65,7 +79,7 @@ def main() -> None:
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
     scheme = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://x")).scheme or "http"
     os.environ["JUPYTERHUB_SERVICE_URL"] = f"{scheme}://{ip}:{port}{prefix}"
-    threading.Thread(target=report_port_when_listening, args=(ip, port), daemon=True).start()
+    threading.Thread(target=report_port_when_listening, args=(ip, port, prefix), daemon=True).start()
     from jupyterhub.singleuser import main as singleuser_main
 
     sys.argv = ["jupyterhub-singleuser", *sys.argv[1:]]
