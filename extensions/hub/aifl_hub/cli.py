@@ -65,11 +65,16 @@ def install_packages(names: list[str], progress: Progress) -> None:
     run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env, timeout=1800)
 
 
+def _source_file(path: Path, root: Path) -> bool:
+    """A file of the source tree under ``root``, not something a build or an import left there."""
+    return path.is_file() and not any(part in ("__pycache__", "build") or part.endswith(".egg-info")
+                                      for part in path.relative_to(root).parts)
+
+
 def _tree_hash(*paths: Path) -> str:
     digest = hashlib.sha256()
     for root in paths:
-        files = sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
-            if root.is_dir() else [root]
+        files = sorted(p for p in root.rglob("*") if _source_file(p, root)) if root.is_dir() else [root]
         for f in files:
             digest.update(str(f.relative_to(root.parent)).encode())
             digest.update(f.read_bytes())
