@@ -264,7 +264,9 @@ def _up_mariadb(progress: Progress) -> str:
             run(["mariadb-install-db", "--user=mysql", "--datadir=/var/lib/mysql", "--skip-test-db"])
             progress.note("initialised /var/lib/mysql")
         start = time.monotonic()
-        pid = start_daemon(["mariadbd", "--user=mysql", "--innodb-buffer-pool-size=256M",
+        # Paths given explicitly, so the daemon does not depend on Debian's config files being present.
+        pid = start_daemon(["mariadbd", "--user=mysql", "--datadir=/var/lib/mysql", f"--pid-file={MARIADB_PID}",
+                            f"--socket={MARIADB_PID.parent / 'mysqld.sock'}", "--innodb-buffer-pool-size=256M",
                             "--innodb-lock-wait-timeout=900"], MARIADB_LOG)
         _await(_mariadb_answers, what="MariaDB (mariadbd)", alive=lambda: pid_alive(pid), log=MARIADB_LOG,
                timeout=60)
