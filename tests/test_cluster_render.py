@@ -41,9 +41,9 @@ def site_with(**groups):
 
 def test_template_dir_defaults_to_repo_and_follows_env(monkeypatch, tmp_path):
     monkeypatch.delenv("AIFL_HUB_CONFIG", raising=False)
-    assert cluster.TEMPLATE_DIR == REPO / "hub_config" / "local-cluster"
+    assert cluster.template_dir() == REPO / "hub_config" / "local-cluster"
     monkeypatch.setenv("AIFL_HUB_CONFIG", str(tmp_path))
-    assert cluster.TEMPLATE_DIR == tmp_path / "local-cluster"
+    assert cluster.template_dir() == tmp_path / "local-cluster"
 
 
 def test_node_names_from_site():

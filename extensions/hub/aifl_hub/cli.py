@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import cluster
 from .hubconfig import HUB_API_PORT, PROXY_API_PORT
-from .procs import LabError, Progress, log_tail, pid_alive, require_root, run, start_daemon, wait_for
+from .procs import LabError, Progress, pid_alive, require_root, run, start_daemon, wait_ready, write_file
 from .site import Site, SiteError, load_site
 
 ETC = Path("/etc/aifl")
@@ -142,23 +142,9 @@ def _ensure_group(name: str) -> None:
         run(["groupadd", "--system", name])
 
 
-def _write(path: Path, text: str, mode: int, owner: str = "root", group: str = "root") -> bool:
-    """Write ``text`` if it differs; set mode and owner. Returns True when the content changed."""
-    changed = not path.exists() or path.read_text() != text
-    if changed:
-        tmp = path.with_name(path.name + ".new")
-        tmp.write_text(text)
-        os.chmod(tmp, mode)
-        shutil.chown(tmp, owner, group)
-        tmp.replace(path)
-    os.chmod(path, mode)
-    shutil.chown(path, owner, group)
-    return changed
-
-
 def _secret(path: Path, owner: str) -> str:
     if not path.exists():
-        _write(path, secrets.token_hex(32), 0o600, owner, owner)
+        write_file(path, secrets.token_hex(32), mode=0o600, owner=owner)
     return path.read_text().strip()
 
 
@@ -177,11 +163,12 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
         os.chmod(directory, mode)
         shutil.chown(directory, "root" if directory == ETC else owner, owner)
     slurm_bin = site["cluster"]["slurm_bin"]
-    _write(ETC / "mkuser.json", json.dumps({
+    settings = {
         "group": group, "account": site["accounting"]["default_account"], "home_base": site["users"]["home_base"],
         "sacctmgr": f"{slurm_bin}/sacctmgr", "job_log_dir": site["spawner"].get("job_log_dir", ".aifl/logs"),
-    }, indent=2) + "\n", 0o644)
-    _write(MKUSER, (Path(__file__).parent / "mkuser.py").read_text(), 0o755)
+    }
+    write_file(ETC / "mkuser.json", json.dumps(settings, indent=2) + "\n", mode=0o644)
+    write_file(MKUSER, (Path(__file__).parent / "mkuser.py").read_text(), mode=0o755)
     rules = (
         "# AI Factory Lab: the hub may submit and cancel jobs as lab users, and create lab accounts.\n"
         f'Defaults:{hub_user} !requiretty, env_keep += "JUPYTERHUB_* JPY_* AIFL_*"\n'
@@ -194,7 +181,7 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
         run(["visudo", "-c", "-q", "-f", str(candidate)])
     finally:
         candidate.unlink(missing_ok=True)
-    _write(SUDOERS, rules, 0o440)
+    write_file(SUDOERS, rules, mode=0o440)
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -235,17 +222,16 @@ def _start(name: str, argv: list[str], user: str, env: dict[str, str], ports: li
     log = LOGS / f"{name}.log"
     pid = start_daemon(argv, log, user=user, env=env, cwd=cwd)
     (RUN / f"{name}.pid").write_text(str(pid))
-    wait_for(lambda: ready() or not pid_alive(pid), what=name, timeout=90, log=log)
-    if not pid_alive(pid):
-        raise LabError(f"{name} stopped while starting; last lines of {log}:\n{log_tail(log)}")
+    wait_ready(ready, what=name, alive=lambda: pid_alive(pid), log=log, timeout=90)
 
 
 def start_hub(repo: Path, site: Site, site_path: Path, proxy_main: Path, progress: Progress) -> None:
     """Write the hub's config and start the proxy and the hub (each its own process)."""
     hub = site["hub"]
     hub_user, state, api_ip = hub["service_user"], Path(hub["state_dir"]), hub.get("api_ip", "127.0.0.1")
-    _write(ETC / "site.yaml", site_path.read_text(), 0o640, "root", hub_user)
-    changed = _write(ETC / "jupyterhub_config.py", (repo / "hub_config" / "jupyterhub_config.py").read_text(), 0o644)
+    write_file(ETC / "site.yaml", site_path.read_text(), mode=0o640, group=hub_user)
+    changed = write_file(ETC / "jupyterhub_config.py", (repo / "hub_config" / "jupyterhub_config.py").read_text(),
+                         mode=0o644)
     proxy_token = _secret(state / "proxy-token", hub_user)
     _secret(state / "lab-service-token", hub_user)
     base_env = {"PATH": f"{HUB_ENV}/bin:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(state)}
@@ -284,7 +270,7 @@ def ensure_admin(site: Site, progress: Progress) -> None:
     name = site["hub"]["admin_users"][0]
     password = secrets.token_urlsafe(15)
     base = f"http://{site['hub']['ip']}:{site['hub']['port']}/hub"
-    _write(CREDENTIALS, f"user: {name}\npassword: {password}\n", 0o600)
+    write_file(CREDENTIALS, f"user: {name}\npassword: {password}\n", mode=0o600)
     with requests.Session() as http:
         http.get(f"{base}/signup", timeout=10)
         xsrf = http.cookies.get("_xsrf", "")

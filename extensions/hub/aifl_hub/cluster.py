@@ -4,8 +4,8 @@
 step of the caller's Progress and report with ``progress.note`` only. There is no systemd: munged and mariadbd
 run in the foreground as detached processes (procs.start_daemon, output in /var/log/aifl/); the Slurm daemons
 fork into the background themselves and log to /var/log/slurm/. Every daemon is found again through the pid
-file it writes. The configuration comes from the Jinja2 templates in :data:`TEMPLATE_DIR` and the site file;
-:func:`render_configs` is pure.
+file it writes. The configuration comes from the Jinja2 templates in ``$AIFL_HUB_CONFIG/local-cluster``
+(default ``hub_config/local-cluster``) and the site file; :func:`render_configs` is pure.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import jinja2
 
-from .procs import LabError, Progress, log_tail, ok, pid_alive, run, start_daemon, wait_for
+from .procs import LabError, Progress, log_tail, ok, pid_alive, run, start_daemon, wait_ready, write_file
 from .site import Site
 
 SLURM_ETC = Path("/etc/slurm")
@@ -46,17 +46,10 @@ HEALTHY_NODE_STATES = {"idle", "mixed", "allocated", "completing"}
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 
 
-def _template_dir() -> Path:
+def template_dir() -> Path:
     """$AIFL_HUB_CONFIG/local-cluster when that variable is set, else <repo>/hub_config/local-cluster."""
     hub_config = os.environ.get("AIFL_HUB_CONFIG") or Path(__file__).resolve().parents[3] / "hub_config"
     return Path(hub_config) / "local-cluster"
-
-
-def __getattr__(name: str) -> Path:
-    """``TEMPLATE_DIR``, looked up on each access: the CLI sets AIFL_HUB_CONFIG after importing this module."""
-    if name == "TEMPLATE_DIR":
-        return _template_dir()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- Pure part: node list and configuration files --------------------------------------------------
@@ -103,7 +96,7 @@ def render_configs(site: Site, *, hostname: str, dbd_password: str) -> dict[str,
         part["default"] = part["name"] == default
     gpus = _gpus_per_node(site)
     gpu_type = site["cluster"]["gpu_nodes"].get("gpu_type", "") if gpus else ""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_template_dir()), undefined=jinja2.StrictUndefined,
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir()), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, keep_trailing_newline=True,
                              autoescape=False)  # noqa: S701 -- Slurm config files, not HTML
     values = {
@@ -146,31 +139,6 @@ def _ids(user: str) -> tuple[int, int]:
     """(uid, gid) of ``user``."""
     entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid
-
-
-def _write_file(path: Path, content: str, owner: str, mode: int) -> bool:
-    """Write ``content`` atomically when it differs; always set owner and mode. True when it changed."""
-    try:
-        changed = path.read_text() != content
-    except OSError:
-        changed = True
-    if changed:
-        tmp = path.with_name(f".{path.name}.aifl-new")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "w") as out:
-            out.write(content)
-        os.replace(tmp, path)
-    os.chown(path, *_ids(owner))
-    path.chmod(mode)
-    return changed
-
-
-def _await(check: Callable[[], bool], *, what: str, alive: Callable[[], bool], log: Path, timeout: float) -> None:
-    """Wait for ``check``; fail at once with the log's tail when the daemon stops being ``alive`` first."""
-    wait_for(lambda: check() or not alive(), what=what, timeout=timeout, log=log)
-    if not check():
-        raise LabError(f"{what} stopped while starting\n  last lines of {log}:\n{log_tail(log)}")
 
 
 def _started_daemon(pid_file: Path, comm: str, grace: float = 3) -> Callable[[], bool]:
@@ -229,7 +197,7 @@ def _up_munge(progress: Progress) -> None:
         _make_dir(path, "munge", mode)
     start = time.monotonic()
     pid = start_daemon(_as_user("munge", ["munged", "--foreground"]), MUNGE_LOG)
-    _await(_munge_works, what="munged", alive=lambda: pid_alive(pid), log=MUNGE_LOG, timeout=15)
+    wait_ready(_munge_works, what="munged", alive=lambda: pid_alive(pid), log=MUNGE_LOG, timeout=15)
     progress.note(f"munged started (pid {pid}) in {time.monotonic() - start:.1f} s")
 
 
@@ -247,7 +215,7 @@ def _db_password() -> str:
     if not DB_PASSWORD_FILE.parent.exists():
         _make_dir(DB_PASSWORD_FILE.parent)
     password = secrets.token_urlsafe(24)
-    _write_file(DB_PASSWORD_FILE, password + "\n", "root", 0o600)
+    write_file(DB_PASSWORD_FILE, password + "\n", mode=0o600)
     return password
 
 
@@ -268,7 +236,7 @@ def _up_mariadb(progress: Progress) -> str:
         pid = start_daemon(["mariadbd", "--user=mysql", "--datadir=/var/lib/mysql", f"--pid-file={MARIADB_PID}",
                             f"--socket={MARIADB_PID.parent / 'mysqld.sock'}", "--innodb-buffer-pool-size=256M",
                             "--innodb-lock-wait-timeout=900"], MARIADB_LOG)
-        _await(_mariadb_answers, what="MariaDB (mariadbd)", alive=lambda: pid_alive(pid), log=MARIADB_LOG,
+        wait_ready(_mariadb_answers, what="MariaDB (mariadbd)", alive=lambda: pid_alive(pid), log=MARIADB_LOG,
                timeout=60)
         progress.note(f"MariaDB started (pid {pid}) in {time.monotonic() - start:.1f} s")
     password = _db_password()
@@ -289,7 +257,7 @@ def _write_configs(site: Site, password: str, progress: Progress) -> set[str]:
     owners = {str(SLURM_CONF): ("root", 0o644), str(GRES_CONF): ("root", 0o644), str(DBD_CONF): ("slurm", 0o600)}
     changed = set()
     for path, content in render_configs(site, hostname=_short_hostname(), dbd_password=password).items():
-        if _write_file(Path(path), content, *owners[path]):
+        if write_file(Path(path), content, owner=owners[path][0], mode=owners[path][1]):
             changed.add(path)
             progress.note(f"wrote {path}")
     if not changed:
@@ -359,7 +327,7 @@ def _up_slurm_daemon(name: str, pid_file: Path, log: Path, check: Callable[[], b
         _stop(pid, name)
     start = time.monotonic()
     run(_as_user("slurm", [name]), timeout=30)  # forks into the background once it has read its config
-    _await(check, what=name, alive=_started_daemon(pid_file, name), log=log, timeout=60)
+    wait_ready(check, what=name, alive=_started_daemon(pid_file, name), log=log, timeout=60)
     progress.note(f"{name} started (pid {_daemon_pid(pid_file, name)}) in {time.monotonic() - start:.1f} s")
 
 
@@ -397,14 +365,6 @@ def ensure_accounting(site: Site) -> None:
         if row is None or set(row[1].split(",")) != set(qos_names) or row[2] != acct["default_qos"]:
             run(["sacctmgr", "-i", "modify", "account", "where", f"name={account['name']}", f"cluster={cluster}",
                  "set", f"qos={','.join(qos_names)}", f"defaultqos={acct['default_qos']}"])
-
-
-def ensure_user(name: str, account: str) -> None:
-    """Give Unix user ``name`` an association with ``account`` (``sacctmgr -i add user``) unless it has one."""
-    if not _USER_NAME.match(name):
-        raise LabError(f"'{name}' is not a valid user name for Slurm")
-    if not _sacctmgr_rows("assoc", "where", f"user={name}", f"account={account}", "format=user"):
-        run(["sacctmgr", "-i", "add", "user", name, f"account={account}"])
 
 
 # --- slurmd nodes ------------------------------------------------------------------------------------

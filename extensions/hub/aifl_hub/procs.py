@@ -5,7 +5,9 @@ Nothing here builds a shell string: every command is an argv list.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -91,6 +93,36 @@ def wait_for(check: Callable[[], bool], *, what: str, timeout: float = 60, inter
         time.sleep(interval)
     hint = f"\n  last lines of {log}:\n{log_tail(log)}" if log else ""
     raise LabError(f"{what} did not become ready within {timeout:.0f} s{hint}")
+
+
+def wait_ready(check: Callable[[], bool], *, what: str, alive: Callable[[], bool], log: Path,
+               timeout: float) -> None:
+    """Wait for ``check``; fail at once with the log's tail when the daemon stops being ``alive`` first."""
+    wait_for(lambda: check() or not alive(), what=what, timeout=timeout, log=log)
+    if not check():
+        raise LabError(f"{what} stopped while starting\n  last lines of {log}:\n{log_tail(log)}")
+
+
+def write_file(path: Path, content: str, *, mode: int, owner: str = "root", group: str | None = None) -> bool:
+    """Write ``content`` atomically when it differs; always set owner, group and mode. True when it changed.
+
+    ``group`` defaults to the owner's primary group.
+    """
+    try:
+        changed = path.read_text() != content
+    except OSError:
+        changed = True
+    if changed:
+        tmp = path.with_name(f".{path.name}.aifl-new")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w") as out:
+            out.write(content)
+        os.replace(tmp, path)
+    entry = pwd.getpwnam(owner)
+    os.chown(path, entry.pw_uid, grp.getgrnam(group).gr_gid if group else entry.pw_gid)
+    path.chmod(mode)
+    return changed
 
 
 class Progress:
