@@ -162,15 +162,8 @@ def test_a_refused_submission_is_explained_in_plain_words(hub, users):
 
 def test_waiting_session_shows_place_reason_and_can_be_cancelled(hub, users):
     name, token = users()
-    fillers = [slurm("runuser", "-u", name, "--", "sbatch", "--parsable", "-p", "gpu", "-A", "lab",
-                     "--gres=gpu:4", "-c", "1", "--mem=1G", "-t", "10", "-o", "/dev/null", "--chdir=/tmp",
-                     "--wrap", "sleep 600").strip()
-               for _ in range(4)]  # all 16 GPUs busy
+    fillers = fill_gpus(name)
     try:
-        deadline = time.monotonic() + 30
-        while slurm("squeue", "-h", "-t", "RUNNING", "-j", ",".join(fillers), "-o", "%i").split() != sorted(
-                fillers, key=int) and time.monotonic() < deadline:
-            time.sleep(0.3)
         r = hub.api("POST", f"/users/{name}/server", token=token, json={"user_options": {"profile": "gpu-1"}},
                     headers={"Accept-Language": "en"})
         assert r.status_code == 202
@@ -188,5 +181,44 @@ def test_waiting_session_shows_place_reason_and_can_be_cancelled(hub, users):
         assert hub.api("DELETE", f"/users/{name}/server", token=token).status_code in (202, 204)
         hub.wait_gone(name)
         assert job not in slurm("squeue", "-h", "-o", "%i").split()
+    finally:
+        slurm("scancel", *fillers)
+
+
+def fill_gpus(name: str) -> list[str]:
+    """Occupy all 16 GPUs with sleeping jobs of ``name``; return their ids once they run."""
+    sbatch = ["runuser", "-u", name, "--", "sbatch", "--parsable", "-p", "gpu", "-A", "lab", "--gres=gpu:4", "-c", "1",
+              "--mem=1G", "-t", "10", "-o", "/dev/null", "--chdir=/tmp", "--wrap", "sleep 600"]
+    fillers = [slurm(*sbatch).strip() for _ in range(4)]
+    deadline = time.monotonic() + 30
+    while slurm("squeue", "-h", "-t", "RUNNING", "-j", ",".join(fillers), "-o", "%i").split() != sorted(
+            fillers, key=int) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    return fillers
+
+
+def test_a_start_interrupted_by_a_hub_restart_gives_its_place_back(hub, users):
+    name, token, browser = users.with_login()
+    fillers = fill_gpus(name)
+    try:
+        r = hub.api("POST", f"/users/{name}/server", token=token, json={"user_options": {"profile": "gpu-1"}},
+                    headers={"Accept-Language": "en"})
+        assert r.status_code == 202
+        job = hub.job_of_pending(name, exclude=fillers)
+        hub_pid = int(Path("/run/aifl/hub.pid").read_text())
+        os.kill(hub_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{hub_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        up = lab("up")
+        assert up.returncode == 0, up.stderr[-2000:]
+        # No orphan: the waiting job is cancelled, the hub shows no server, and the user is told why.
+        deadline = time.monotonic() + 60
+        while job in slurm("squeue", "-h", "-o", "%i").split() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert job not in slurm("squeue", "-h", "-o", "%i").split()
+        hub.wait_gone(name)
+        page = browser.get(f"{BASE}/hub/home", timeout=10).content.decode()
+        assert f"Your last session (job {job}) was still starting when the lab restarted" in page
     finally:
         slurm("scancel", *fillers)

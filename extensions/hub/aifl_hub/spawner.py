@@ -24,8 +24,9 @@ from typing import Any
 
 from batchspawner import SlurmSpawner
 from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy.orm import object_session
 from tornado import web
-from traitlets import Dict, Float, List, Unicode, default
+from traitlets import Bool, Dict, Float, List, Unicode, default
 
 from .i18n import gettext_for, pick_language
 from .options import OptionsError, SessionRequest, profiles_by_slug, validate_options
@@ -35,6 +36,7 @@ from .site import Site, load_site
 from .slurm import JobInfo, SlurmClient, SlurmError, SlurmUnavailable
 
 LANG_COOKIE = "aifl-lang"
+RESTARTED = "RESTARTED"  # last_end state of a start that a hub restart interrupted
 _templates = Environment(loader=PackageLoader(__package__, "templates"), autoescape=select_autoescape())
 
 
@@ -217,6 +219,14 @@ class SlurmLabSpawner(SlurmSpawner):
                 reason = reason.removeprefix(noise)
             raise SessionFailed(self._("The cluster did not accept the session: {reason}").format(
                 reason=reason)) from None
+        # Saved at once: a hub restarted before this start finishes still knows the job, and poll() then
+        # cancels it instead of leaving it to hold a place nobody can reach. JupyterHub itself saves the
+        # state only when the start has finished.
+        self.starting = True
+        self.orm_spawner.state = self.get_state()
+        session = object_session(self.orm_spawner)
+        if session is not None:
+            session.commit()
         self.log.info("Submitted job %s for %s (profile %s)", self.job_id, self.user.name, request.profile)
         node = ""
         while not (self.port and node):
@@ -239,6 +249,7 @@ class SlurmLabSpawner(SlurmSpawner):
             except TimeoutError:
                 pass
         self.log.info("Job %s of %s serves on %s:%s", self.job_id, self.user.name, node, self.port)
+        self.starting = False
         return node, self.port
 
     def _ended_message(self, state: str | None) -> str:
@@ -255,6 +266,14 @@ class SlurmLabSpawner(SlurmSpawner):
         except SlurmError as exc:
             self.log.warning("Could not query job %s: %s", self.job_id, exc)
             return None
+        if job is not None and (job.pending or job.running) and self.starting and not self._spawn_pending:
+            # A start the hub lost in a restart: JupyterHub cannot resume it, so give the place back.
+            self.log.info("Cancelling job %s of %s: its start was interrupted by a hub restart", self.job_id,
+                          self.user.name)
+            await self.slurm.cancel(self.user.name, self.job_id)
+            self.last_end = {"job_id": self.job_id, "state": RESTARTED}
+            self.clear_state()
+            return 1
         if job is not None and (job.pending or job.running):
             self.job_status = f"{job.state} {job.node}".strip()
             return None
@@ -339,14 +358,26 @@ class SlurmLabSpawner(SlurmSpawner):
         """Why the last session ended outside the lab, in the user's language, or ''."""
         if not self.last_end:
             return ""
+        if self.last_end.get("state") == RESTARTED:
+            return self._("Your last session (job {job}) was still starting when the lab restarted, so it was "
+                          "stopped and its place given back. Please start it again.").format(
+                job=self.last_end.get("job_id", "?"))
         return self._("Your last session (job {job}) was ended outside the lab: Slurm reports {state}. "
                       "Your files are kept; the job log is in {log}.").format(
             job=self.last_end.get("job_id", "?"), state=self.last_end.get("state", "?"),
             log=f"~/{self.site['spawner'].get('job_log_dir', '.aifl/logs')}/session-{self.last_end.get('job_id')}.log")
 
+    starting = Bool(False, help="True from the job's submission until its server answers (kept in hub state).")
+
+    def clear_state(self) -> None:
+        """Forget the job (batchspawner) and that it was starting; keep why the last session ended."""
+        super().clear_state()
+        self.starting = False
+
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore the job id (batchspawner), the language and why the last session ended."""
         super().load_state(state)
+        self.starting = bool(state.get("starting", False))
         self.lang = state.get("lang", "")
         self.last_end = dict(state.get("last_end", {}))
 
@@ -355,6 +386,8 @@ class SlurmLabSpawner(SlurmSpawner):
         state = super().get_state()
         if self.lang:
             state["lang"] = self.lang
+        if self.starting:
+            state["starting"] = True
         if self.last_end:
             state["last_end"] = self.last_end
         return state
