@@ -222,3 +222,28 @@ def test_a_start_interrupted_by_a_hub_restart_gives_its_place_back(hub, users):
         assert f"Your last session (job {job}) was still starting when the lab restarted" in page
     finally:
         slurm("scancel", *fillers)
+
+
+def test_waiting_too_long_in_the_queue_withdraws_the_request_with_a_reason(hub, users, tmp_path):
+    shipped = (Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml").read_text()
+    site = tmp_path / "site.yaml"
+    site.write_text(shipped.replace("queue_timeout: 86400", "queue_timeout: 10"))
+    assert "queue_timeout: 10\n" in site.read_text()
+    up = lab("--site", str(site), "up")
+    assert up.returncode == 0, up.stderr[-2000:]
+    try:
+        name, token = users()
+        fillers = fill_gpus(name)
+        try:
+            r = hub.api("POST", f"/users/{name}/server", token=token, json={"user_options": {"profile": "gpu-1"}},
+                        headers={"Accept-Language": "en"})
+            assert r.status_code == 202
+            job = hub.job_of_pending(name, exclude=fillers)
+            hub.wait_gone(name, timeout=60)
+            progress = hub.api("GET", f"/users/{name}/server/progress", token=token).text
+            assert "No place came free within 10 seconds, so the request was withdrawn." in progress
+            assert job not in slurm("squeue", "-h", "-o", "%i").split()
+        finally:
+            slurm("scancel", *fillers)
+    finally:
+        assert lab("up").returncode == 0  # back to the shipped site file

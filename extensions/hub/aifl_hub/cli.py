@@ -229,8 +229,8 @@ def start_hub(repo: Path, site: Site, site_path: Path, proxy_main: Path, progres
     """Write the hub's config and start the proxy and the hub (each its own process)."""
     hub = site["hub"]
     hub_user, state, api_ip = hub["service_user"], Path(hub["state_dir"]), hub.get("api_ip", "127.0.0.1")
-    write_file(ETC / "site.yaml", site_path.read_text(), mode=0o640, group=hub_user)
-    changed = write_file(ETC / "jupyterhub_config.py", (repo / "hub_config" / "jupyterhub_config.py").read_text(),
+    changed = write_file(ETC / "site.yaml", site_path.read_text(), mode=0o640, group=hub_user)
+    changed |= write_file(ETC / "jupyterhub_config.py", (repo / "hub_config" / "jupyterhub_config.py").read_text(),
                          mode=0o644)
     proxy_token = _secret(state / "proxy-token", hub_user)
     _secret(state / "lab-service-token", hub_user)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import pwd
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,20 @@ class SlurmLabSpawner(SlurmSpawner):
     def _poll_interval_default(self) -> int:
         return self.site["spawner"].get("poll_interval", 5)
 
+    @property
+    def queue_timeout(self) -> int:
+        """Seconds a session may wait in the queue (site file ``spawner.queue_timeout``)."""
+        return self.site["spawner"].get("queue_timeout", 86400)
+
+    @property
+    def startup_timeout(self) -> int:
+        """Seconds JupyterLab may take to answer once its job runs (site file ``spawner.startup_timeout``)."""
+        return self.site["spawner"].get("startup_timeout", 300)
+
     @default("start_timeout")
     def _start_timeout_default(self) -> int:
-        return self.site["spawner"].get("start_timeout", 900)
+        # JupyterHub's single limit must never cut a wait short: start() enforces the two limits itself.
+        return self.queue_timeout + self.startup_timeout + 60
 
     @default("http_timeout")
     def _http_timeout_default(self) -> int:
@@ -229,6 +241,7 @@ class SlurmLabSpawner(SlurmSpawner):
             session.commit()
         self.log.info("Submitted job %s for %s (profile %s)", self.job_id, self.user.name, request.profile)
         node = ""
+        queued_at, running_at = time.monotonic(), 0.0
         while not (self.port and node):
             try:
                 job = await self.slurm.job(self.job_id)
@@ -242,6 +255,8 @@ class SlurmLabSpawner(SlurmSpawner):
             node = job.node if job.running else ""
             if node and self.port:
                 break
+            running_at = running_at or (time.monotonic() if job.running else 0.0)
+            await self._check_limits(queued_at, running_at, node)
             # Once the job runs, the job's own report wakes us; Slurm is asked only now and then.
             interval = self.job_check_interval * (5 if job.running else 1)
             try:
@@ -251,6 +266,31 @@ class SlurmLabSpawner(SlurmSpawner):
         self.log.info("Job %s of %s serves on %s:%s", self.job_id, self.user.name, node, self.port)
         self.starting = False
         return node, self.port
+
+    def _duration(self, seconds: int) -> str:
+        """``seconds`` in words, in the user's language (seconds, minutes or hours)."""
+        if seconds < 120:
+            return self._("{n} seconds").format(n=seconds)
+        if seconds < 7200:
+            return self._("{n} minutes").format(n=round(seconds / 60))
+        return self._("{n} hours").format(n=round(seconds / 3600))
+
+    async def _check_limits(self, queued_at: float, running_at: float, node: str) -> None:
+        """Give up, cancelling the job, when it waited too long in the queue or its server too long to answer."""
+        now = time.monotonic()
+        if not running_at and now - queued_at > self.queue_timeout:
+            message = self._("No place came free within {duration}, so the request was withdrawn. "
+                             "Try again later or choose a smaller profile.").format(
+                duration=self._duration(self.queue_timeout))
+        elif running_at and now - running_at > self.startup_timeout:
+            message = self._("JupyterLab did not answer within {seconds} seconds after the job started on {node}, "
+                             "so it was stopped. Its log is in your home folder: {log}").format(
+                seconds=self.startup_timeout, node=node, log=self.log_path())
+        else:
+            return
+        self.log.info("Job %s of %s passed its limit: cancelling it", self.job_id, self.user.name)
+        await self.slurm.cancel(self.user.name, self.job_id)
+        raise SessionFailed(message)
 
     def _ended_message(self, state: str | None) -> str:
         return self._("Your session's job ended before JupyterLab started (Slurm state: {state}). "
