@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import signal
 import threading
 import time
@@ -39,7 +40,7 @@ def spawn(hub: Hub, name: str, token: str, options: dict, lang: str = "en") -> d
 
 
 def test_gpu_session_runs_as_the_user_with_one_gpu_and_is_accounted(hub, users):
-    name, token = users()
+    name, token, browser = users.with_login()
     server = spawn(hub, name, token, {"profile": "gpu-1", "hours": 1})
     # The server answers through the proxy, for its user.
     status = requests.get(f"{BASE}{server['url']}api/status", headers={"Authorization": f"token {token}"}, timeout=10)
@@ -58,6 +59,12 @@ def test_gpu_session_runs_as_the_user_with_one_gpu_and_is_accounted(hub, users):
     assert env["SLURM_JOB_GPUS"] in {"0", "1", "2", "3"}
     assert env.get("CUDA_VISIBLE_DEVICES", env["SLURM_JOB_GPUS"]).count(",") == 0
     assert "CONFIGPROXY_AUTH_TOKEN" not in env
+    # The home page shows the session in plain words: profile, node, the GPU it got, time left.
+    home = browser.get(f"{BASE}/hub/home", timeout=10).content.decode()
+    card = home[home.index('id="aifl-session"'):]
+    for label, value in (("Profile", "One GPU for training a model"), ("Node", node), ("GPU", env["SLURM_JOB_GPUS"])):
+        assert f'<dt class="col-5">{label}</dt><dd class="col-7">{value}</dd>' in card
+    assert re.search(r'<dt class="col-5">Time left</dt><dd class="col-7">0 h (59|[0-5][0-9]) min</dd>', card)
     # Accounting: the job is under the user's account, with one GPU.
     deadline = time.monotonic() + 20
     while True:  # slurmdbd fills in the QOS of a just-started job a moment later

@@ -19,6 +19,12 @@ def end_message(user: Any) -> str:
     return spawner.end_message() if spawner is not None and hasattr(spawner, "end_message") else ""
 
 
+def session_card(user: Any) -> list[tuple[str, str]]:
+    """Template variable: the running session's profile, node, GPU and time left (empty when none runs)."""
+    spawner = getattr(user, "spawner", None)
+    return spawner.session_card() if spawner is not None and hasattr(spawner, "session_card") else []
+
+
 def configure(c: Any, site_file: str) -> None:
     """Apply the site file at ``site_file`` to the JupyterHub config object ``c``."""
     site = load_site(site_file)
@@ -39,7 +45,8 @@ def configure(c: Any, site_file: str) -> None:
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{PROXY_API_PORT}"
     c.JupyterHub.template_paths = [str(TEMPLATES)]
-    c.JupyterHub.template_vars = {"aifl_site_name": site["site"]["name"], "aifl_end_message": end_message}
+    c.JupyterHub.template_vars = {"aifl_site_name": site["site"]["name"], "aifl_end_message": end_message,
+                                  "aifl_session": session_card}
     c.JupyterHub.shutdown_on_logout = False
     c.JupyterHub.tornado_settings = {"cookie_options": {"SameSite": "Lax"}}
 

@@ -37,6 +37,38 @@ class SlurmUnavailable(SlurmError):
 
 
 @dataclass(frozen=True)
+class Allocation:
+    """Where a running job runs: its node, the GPU indices it got (``""`` for none) and when it must end."""
+
+    node: str
+    gpus: str
+    ends_at: datetime | None
+
+
+def _expand(indices: str) -> str:
+    """Slurm's index list ``0-1,3`` as ``0, 1, 3``."""
+    out: list[str] = []
+    for part in indices.split(","):
+        first, _, last = part.partition("-")
+        out += [str(i) for i in range(int(first), int(last or first) + 1)]
+    return ", ".join(out)
+
+
+def parse_allocation(text: str) -> Allocation | None:
+    """Read an :class:`Allocation` from ``scontrol show job -d`` output (``None`` if it has no node yet)."""
+    node = re.search(r"\bNodeList=([A-Za-z0-9_.-]+)", text)
+    if node is None:
+        return None
+    gpus = re.search(r"\bGRES=\S*\(IDX:([0-9,-]+)\)", text)
+    end = re.search(r"\bEndTime=(\S+)", text)
+    try:
+        ends_at = datetime.fromisoformat(end.group(1)) if end else None
+    except ValueError:
+        ends_at = None
+    return Allocation(node.group(1), _expand(gpus.group(1)) if gpus else "", ends_at)
+
+
+@dataclass(frozen=True)
 class JobInfo:
     """What squeue says about one job."""
 
@@ -135,6 +167,12 @@ class SlurmClient:
             return datetime.fromisoformat(out)
         except ValueError:
             return None
+
+    async def allocation(self, job_id: str) -> Allocation | None:
+        """Node, GPU indices and end time of a running job (``scontrol show job -d``)."""
+        if not _JOB_ID.match(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        return parse_allocation(await run_argv([self._bin("scontrol"), "show", "job", "-d", job_id]))
 
     async def cancel(self, user: str, job_id: str) -> None:
         """Cancel ``job_id`` as ``user`` (a job that already ended is not an error)."""

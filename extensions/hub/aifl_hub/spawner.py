@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import pwd
 import time
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -265,7 +266,34 @@ class SlurmLabSpawner(SlurmSpawner):
                 pass
         self.log.info("Job %s of %s serves on %s:%s", self.job_id, self.user.name, node, self.port)
         self.starting = False
+        await self._record_session(request.profile)
         return node, self.port
+
+    async def _record_session(self, profile: str) -> None:
+        """Keep what the home page shows about the running session: profile, node, GPUs, end time."""
+        try:
+            allocation = await self.slurm.allocation(self.job_id)
+        except SlurmError as exc:
+            self.log.warning("Could not read the allocation of job %s: %s", self.job_id, exc)
+            allocation = None
+        self.session = {"profile": profile} if allocation is None else {
+            "profile": profile, "node": allocation.node, "gpus": allocation.gpus,
+            "ends_at": allocation.ends_at.isoformat() if allocation.ends_at else ""}
+
+    def session_card(self) -> list[tuple[str, str]]:
+        """The running session in plain words for the home page: (label, value) rows in the user's language."""
+        if not self.session or not self.job_id:
+            return []
+        profile = profiles_by_slug(self.site).get(self.session.get("profile", ""))
+        lang = self.lang or self.site["site"].get("default_language", "en")
+        rows = [(self._("Profile"), profile["display_name"][lang] if profile else self.session.get("profile", "")),
+                (self._("Node"), self.session.get("node", "")),
+                (self._("GPU"), self.session.get("gpus") or self._("none"))]
+        if self.session.get("ends_at"):
+            left = max(0, int((datetime.fromisoformat(self.session["ends_at"]) - datetime.now()).total_seconds()))
+            rows.append((self._("Time left"), self._("{hours} h {minutes} min").format(
+                hours=left // 3600, minutes=left % 3600 // 60)))
+        return rows
 
     def _duration(self, seconds: int) -> str:
         """``seconds`` in words, in the user's language (seconds, minutes or hours)."""
@@ -409,15 +437,19 @@ class SlurmLabSpawner(SlurmSpawner):
 
     starting = Bool(False, help="True from the job's submission until its server answers (kept in hub state).")
 
+    session = Dict(help="The running session's profile, node, GPU indices and end time (kept in hub state).")
+
     def clear_state(self) -> None:
-        """Forget the job (batchspawner) and that it was starting; keep why the last session ended."""
+        """Forget the job (batchspawner), that it was starting and the session; keep why the last one ended."""
         super().clear_state()
         self.starting = False
+        self.session = {}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore the job id (batchspawner), the language and why the last session ended."""
         super().load_state(state)
         self.starting = bool(state.get("starting", False))
+        self.session = dict(state.get("session", {}))
         self.lang = state.get("lang", "")
         self.last_end = dict(state.get("last_end", {}))
 
@@ -428,6 +460,8 @@ class SlurmLabSpawner(SlurmSpawner):
             state["lang"] = self.lang
         if self.starting:
             state["starting"] = True
+        if self.session:
+            state["session"] = self.session
         if self.last_end:
             state["last_end"] = self.last_end
         return state
