@@ -11,7 +11,9 @@ What differs from stock batchspawner 1.3.0 (see the project notes):
 * the job reports its port only once the server listens (:mod:`.api` accepts nothing but the port),
   so the hub's first readiness check succeeds;
 * the job id is kept in the hub's state, so a restarted hub re-attaches to running sessions, and a
-  job that ends outside the lab (``scancel``, node failure, time limit) is noticed and explained.
+  job that ends outside the lab (``scancel``, node failure, time limit) is noticed and explained;
+* waiting in the queue and starting are separate states with their own limits, and a waiting user
+  sees the place in the queue, Slurm's reason in plain words and the expected start.
 """
 
 from __future__ import annotations
