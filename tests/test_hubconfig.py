@@ -72,3 +72,13 @@ def test_port_reports_other_than_a_port_are_refused():
             api.parse_port_report(body)
         assert info.value.status_code == 400
 
+
+
+def test_idle_sessions_are_culled_by_a_least_privilege_service(tmp_path):
+    c = configured(tmp_path)
+    culler = next(s for s in c.JupyterHub.services if s["name"] == "idle-culler")
+    assert "--timeout=3600" in culler["command"]
+    role = next(r for r in c.JupyterHub.load_roles if r["name"] == "idle-culler")
+    assert set(role["scopes"]) == {"list:users", "read:users:activity", "read:servers", "delete:servers"}
+    off = configured(tmp_path, lambda s: s["spawner"].update(idle_timeout=0))
+    assert all(s["name"] != "idle-culler" for s in off.JupyterHub.services)

@@ -254,3 +254,25 @@ def test_waiting_too_long_in_the_queue_withdraws_the_request_with_a_reason(hub, 
             slurm("scancel", *fillers)
     finally:
         assert lab("up").returncode == 0  # back to the shipped site file
+
+
+def test_an_idle_session_is_stopped_and_its_files_stay(hub, users, tmp_path):
+    shipped = (Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml").read_text()
+    site = tmp_path / "site.yaml"
+    site.write_text(shipped.replace("idle_timeout: 3600", "idle_timeout: 20"))
+    assert "idle_timeout: 20\n" in site.read_text()
+    up = lab("--site", str(site), "up")
+    assert up.returncode == 0, up.stderr[-2000:]
+    try:
+        name, token = users()
+        spawn(hub, name, token, {"profile": "cpu-small"})
+        work = Path(pwd.getpwnam(name).pw_dir) / "analysis.txt"
+        work.write_text("results\n")
+        hub.wait_gone(name, timeout=90)  # nobody used it: the culler stops it
+        deadline = time.monotonic() + 30
+        while slurm("squeue", "-h", "-u", name, "-o", "%i").strip() and time.monotonic() < deadline:
+            time.sleep(0.5)  # the cancelled job may be completing for a moment
+        assert slurm("squeue", "-h", "-u", name, "-o", "%i").strip() == ""
+        assert work.read_text() == "results\n"
+    finally:
+        assert lab("up").returncode == 0  # back to the shipped site file

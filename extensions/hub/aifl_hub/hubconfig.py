@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +84,20 @@ def configure(c: Any, site_file: str) -> None:
             c.LabOAuthenticator.manage_groups = True
             c.LabOAuthenticator.auth_state_groups_key = f"oauth_user.{oauth.get('groups_claim', 'groups')}"
 
+    services: list[dict[str, Any]] = []
+    roles: list[dict[str, Any]] = []
     # A service token for `lab` itself (health checks, first admin, tests): read from a 0600 file.
     token_file = state / "lab-service-token"
     if token_file.exists():
-        c.JupyterHub.services = [{"name": "lab", "api_token": token_file.read_text().strip()}]
-        c.JupyterHub.load_roles = [{
-            "name": "lab-service",
-            "scopes": ["admin:users", "admin:servers", "tokens", "read:hub", "access:servers"],
-            "services": ["lab"],
-        }]
+        services.append({"name": "lab", "api_token": token_file.read_text().strip()})
+        roles.append({"name": "lab-service", "services": ["lab"],
+                      "scopes": ["admin:users", "admin:servers", "tokens", "read:hub", "access:servers"]})
+    idle = site["spawner"].get("idle_timeout", 0)
+    if idle:
+        # jupyterhub-idle-culler as a hub service, with only the scopes it needs.
+        services.append({"name": "idle-culler", "command": [
+            sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={idle}", f"--cull-every={max(10, idle // 6)}"]})
+        roles.append({"name": "idle-culler", "services": ["idle-culler"],
+                      "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]})
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = roles
