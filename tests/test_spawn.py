@@ -9,6 +9,8 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -231,14 +233,23 @@ def test_a_start_interrupted_by_a_hub_restart_gives_its_place_back(hub, users):
         slurm("scancel", *fillers)
 
 
-def test_waiting_too_long_in_the_queue_withdraws_the_request_with_a_reason(hub, users, tmp_path):
+@contextmanager
+def site_changed(tmp_path: Path, old: str, new: str) -> Iterator[None]:
+    """Run the lab with one line of the shipped site file changed; the shipped file is back afterwards."""
     shipped = (Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml").read_text()
+    assert old in shipped
     site = tmp_path / "site.yaml"
-    site.write_text(shipped.replace("queue_timeout: 86400", "queue_timeout: 10"))
-    assert "queue_timeout: 10\n" in site.read_text()
+    site.write_text(shipped.replace(old, new))
     up = lab("--site", str(site), "up")
     assert up.returncode == 0, up.stderr[-2000:]
     try:
+        yield
+    finally:
+        assert lab("up").returncode == 0
+
+
+def test_waiting_too_long_in_the_queue_withdraws_the_request_with_a_reason(hub, users, tmp_path):
+    with site_changed(tmp_path, "queue_timeout: 86400", "queue_timeout: 10"):
         name, token = users()
         fillers = fill_gpus(name)
         try:
@@ -252,18 +263,10 @@ def test_waiting_too_long_in_the_queue_withdraws_the_request_with_a_reason(hub, 
             assert job not in slurm("squeue", "-h", "-o", "%i").split()
         finally:
             slurm("scancel", *fillers)
-    finally:
-        assert lab("up").returncode == 0  # back to the shipped site file
 
 
 def test_an_idle_session_is_stopped_and_its_files_stay(hub, users, tmp_path):
-    shipped = (Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml").read_text()
-    site = tmp_path / "site.yaml"
-    site.write_text(shipped.replace("idle_timeout: 3600", "idle_timeout: 20"))
-    assert "idle_timeout: 20\n" in site.read_text()
-    up = lab("--site", str(site), "up")
-    assert up.returncode == 0, up.stderr[-2000:]
-    try:
+    with site_changed(tmp_path, "idle_timeout: 3600", "idle_timeout: 20"):
         name, token = users()
         spawn(hub, name, token, {"profile": "cpu-small"})
         work = Path(pwd.getpwnam(name).pw_dir) / "analysis.txt"
@@ -274,5 +277,3 @@ def test_an_idle_session_is_stopped_and_its_files_stay(hub, users, tmp_path):
             time.sleep(0.5)  # the cancelled job may be completing for a moment
         assert slurm("squeue", "-h", "-u", name, "-o", "%i").strip() == ""
         assert work.read_text() == "results\n"
-    finally:
-        assert lab("up").returncode == 0  # back to the shipped site file
