@@ -169,14 +169,31 @@ def test_a_refused_submission_is_explained_in_plain_words(hub, users):
     assert hub.server(name) is None
 
 
-def test_waiting_session_shows_place_reason_and_can_be_cancelled(hub, users):
-    name, token = users()
-    fillers = fill_gpus(name)
+@contextmanager
+def waiting_session(hub, name: str, token: str) -> Iterator[str]:
+    """All 16 GPUs busy with sleeping jobs of ``name``, then a one-GPU session that must wait: yield its job id.
+
+    The sleeping jobs are cancelled afterwards.
+    """
+    sbatch = ["runuser", "-u", name, "--", "sbatch", "--parsable", "-p", "gpu", "-A", "lab", "--gres=gpu:4", "-c", "1",
+              "--mem=1G", "-t", "10", "-o", "/dev/null", "--chdir=/tmp", "--wrap", "sleep 600"]
+    fillers = [slurm(*sbatch).strip() for _ in range(4)]
     try:
+        deadline = time.monotonic() + 30
+        while slurm("squeue", "-h", "-t", "RUNNING", "-j", ",".join(fillers), "-o", "%i").split() != sorted(
+                fillers, key=int) and time.monotonic() < deadline:
+            time.sleep(0.3)
         r = hub.api("POST", f"/users/{name}/server", token=token, json={"user_options": {"profile": "gpu-1"}},
                     headers={"Accept-Language": "en"})
         assert r.status_code == 202
-        job = hub.job_of_pending(name, exclude=fillers)
+        yield hub.job_of_pending(name, exclude=fillers)
+    finally:
+        slurm("scancel", *fillers)
+
+
+def test_waiting_session_shows_place_reason_and_can_be_cancelled(hub, users):
+    name, token = users()
+    with waiting_session(hub, name, token) as job:
         messages: list[str] = []
         with hub.api("GET", f"/users/{name}/server/progress", token=token, stream=True) as stream:
             for line in stream.iter_lines(decode_unicode=True):
@@ -190,30 +207,11 @@ def test_waiting_session_shows_place_reason_and_can_be_cancelled(hub, users):
         assert hub.api("DELETE", f"/users/{name}/server", token=token).status_code in (202, 204)
         hub.wait_gone(name)
         assert job not in slurm("squeue", "-h", "-o", "%i").split()
-    finally:
-        slurm("scancel", *fillers)
-
-
-def fill_gpus(name: str) -> list[str]:
-    """Occupy all 16 GPUs with sleeping jobs of ``name``; return their ids once they run."""
-    sbatch = ["runuser", "-u", name, "--", "sbatch", "--parsable", "-p", "gpu", "-A", "lab", "--gres=gpu:4", "-c", "1",
-              "--mem=1G", "-t", "10", "-o", "/dev/null", "--chdir=/tmp", "--wrap", "sleep 600"]
-    fillers = [slurm(*sbatch).strip() for _ in range(4)]
-    deadline = time.monotonic() + 30
-    while slurm("squeue", "-h", "-t", "RUNNING", "-j", ",".join(fillers), "-o", "%i").split() != sorted(
-            fillers, key=int) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    return fillers
 
 
 def test_a_start_interrupted_by_a_hub_restart_gives_its_place_back(hub, users):
     name, token, browser = users.with_login()
-    fillers = fill_gpus(name)
-    try:
-        r = hub.api("POST", f"/users/{name}/server", token=token, json={"user_options": {"profile": "gpu-1"}},
-                    headers={"Accept-Language": "en"})
-        assert r.status_code == 202
-        job = hub.job_of_pending(name, exclude=fillers)
+    with waiting_session(hub, name, token) as job:
         hub_pid = int(Path("/run/aifl/hub.pid").read_text())
         os.kill(hub_pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
@@ -229,8 +227,6 @@ def test_a_start_interrupted_by_a_hub_restart_gives_its_place_back(hub, users):
         hub.wait_gone(name)
         page = browser.get(f"{BASE}/hub/home", timeout=10).content.decode()
         assert f"Your last session (job {job}) was still starting when the lab restarted" in page
-    finally:
-        slurm("scancel", *fillers)
 
 
 @contextmanager
@@ -251,18 +247,11 @@ def site_changed(tmp_path: Path, old: str, new: str) -> Iterator[None]:
 def test_waiting_too_long_in_the_queue_withdraws_the_request_with_a_reason(hub, users, tmp_path):
     with site_changed(tmp_path, "queue_timeout: 86400", "queue_timeout: 10"):
         name, token = users()
-        fillers = fill_gpus(name)
-        try:
-            r = hub.api("POST", f"/users/{name}/server", token=token, json={"user_options": {"profile": "gpu-1"}},
-                        headers={"Accept-Language": "en"})
-            assert r.status_code == 202
-            job = hub.job_of_pending(name, exclude=fillers)
+        with waiting_session(hub, name, token) as job:
             hub.wait_gone(name, timeout=60)
             progress = hub.api("GET", f"/users/{name}/server/progress", token=token).text
             assert "No place came free within 10 seconds, so the request was withdrawn." in progress
             assert job not in slurm("squeue", "-h", "-o", "%i").split()
-        finally:
-            slurm("scancel", *fillers)
 
 
 def test_an_idle_session_is_stopped_and_its_files_stay(hub, users, tmp_path):
