@@ -6,9 +6,8 @@ from pathlib import Path
 
 import aifl_hub
 import pytest
-from aifl_hub.i18n import pick_language, translations
+from aifl_hub.i18n import catalog_for, pick_language, translations
 from babel.messages.extract import extract_from_dir
-from babel.messages.pofile import read_po
 
 PACKAGE = Path(aifl_hub.__file__).parent
 
@@ -24,8 +23,7 @@ def _template_messages():
 
 
 MESSAGES = sorted(_messages() | _template_messages())
-with (PACKAGE / "locale" / "nl" / "LC_MESSAGES" / "aifl.po").open("rb") as po:
-    DUTCH = read_po(po, locale="nl", charset="utf-8")
+DUTCH = catalog_for("nl")
 
 
 def test_messages_were_found():

@@ -1,7 +1,8 @@
 """Message catalogs (gettext .po files under ``locale/``) for the hub side, in Dutch and English.
 
-English is the source language; Dutch comes from ``locale/nl/LC_MESSAGES/aifl.po``. Catalogs are
-read once with Babel and cached.
+English is the source language; Dutch comes from the ``.po`` files in ``locale/nl/LC_MESSAGES/`` (one
+per part of the hub: ``aifl.po`` for the spawner and its pages, others beside it), merged into one
+catalog. Catalogs are read once with Babel and cached.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from functools import cache
 from importlib import resources
 from io import BytesIO
 
+from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
@@ -23,13 +25,23 @@ def translations(lang: str) -> gettext.NullTranslations:
     """The catalog for ``lang`` (English and unknown languages get the source strings)."""
     if lang not in LANGUAGES or lang == "en":
         return gettext.NullTranslations()
-    po = resources.files(__package__).joinpath(f"locale/{lang}/LC_MESSAGES/aifl.po")
-    with po.open("rb") as fh:
-        catalog = read_po(fh, locale=lang, charset="utf-8")
+    catalog = catalog_for(lang)
     buf = BytesIO()
     write_mo(buf, catalog)
     buf.seek(0)
     return gettext.GNUTranslations(buf)
+
+
+def catalog_for(lang: str) -> Catalog:
+    """All ``.po`` files of ``lang`` merged into one Babel catalog."""
+    merged = Catalog(locale=lang, charset="utf-8")
+    folder = resources.files(__package__).joinpath(f"locale/{lang}/LC_MESSAGES")
+    for po in sorted((f for f in folder.iterdir() if f.name.endswith(".po")), key=lambda f: f.name):
+        with po.open("rb") as fh:
+            for message in read_po(fh, locale=lang, charset="utf-8"):
+                if message.id:
+                    merged[message.id] = message
+    return merged
 
 
 def gettext_for(lang: str):  # noqa: ANN201 - returns the bound gettext function
