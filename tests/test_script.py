@@ -51,7 +51,15 @@ def test_command_arguments_are_quoted():
     assert last == "exec /opt/x/bin/run '--name=a b; id' '$(id)'"
 
 
-@pytest.mark.parametrize("field", ["partition", "account", "qos"])
+def test_reservation_and_save_signal():
+    request = validate_options(SITE, {"profile": "gpu-1", "reservation--unlisted-choice": "course-12"})
+    script = build_script(request, JobSpec(**{**JOB.__dict__, "save_lead": 600}))
+    assert "#SBATCH --reservation=course-12\n" in script
+    assert "#SBATCH --signal=B:USR1@600\n" in script
+    assert "--reservation" not in build_script(validate_options(SITE, {"profile": "gpu-1"}), JOB)
+
+
+@pytest.mark.parametrize("field", ["partition", "account", "qos", "reservation"])
 def test_unsafe_request_values_never_reach_the_script(field):
     request = validate_options(SITE, {})
     bad = SessionRequest(**{**request.__dict__, field: "x\n#SBATCH --uid=0"})

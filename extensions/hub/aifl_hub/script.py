@@ -36,6 +36,7 @@ class JobSpec:
     path_dirs: Sequence[str]
     job_name: str = "aifl-lab"
     gpu_type: str = ""
+    save_lead: int = 0  # seconds before the time limit at which Slurm sends SIGUSR1 (0: no signal)
 
 
 def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
@@ -60,7 +61,10 @@ def build_script(request: SessionRequest, job: JobSpec) -> str:
         _check(_PATH, directory, "PATH entry")
     for value, what in ((request.partition, "partition"), (request.account, "account"), (request.qos, "QOS")):
         _check(_NAME, value, what)
-    numbers = {"hours": request.hours, "cpus": request.cpus, "memory": request.memory_gb, "gpus": request.gpus}
+    if request.reservation:
+        _check(_NAME, request.reservation, "reservation")
+    numbers = {"hours": request.hours, "cpus": request.cpus, "memory": request.memory_gb, "gpus": request.gpus,
+               "save lead": job.save_lead}
     for what, number in numbers.items():
         if not isinstance(number, int) or isinstance(number, bool) or number < 0:
             raise ScriptError(f"{what} must be a non-negative whole number")
@@ -82,6 +86,11 @@ def build_script(request: SessionRequest, job: JobSpec) -> str:
         f"#SBATCH --cpus-per-task={request.cpus}",
         f"#SBATCH --mem={request.memory_gb}G",
     ]
+    if request.reservation:
+        lines.append(f"#SBATCH --reservation={request.reservation}")
+    if job.save_lead:
+        # The batch shell execs the server, so B: delivers the warning to it (it saves open notebooks).
+        lines.append(f"#SBATCH --signal=B:USR1@{job.save_lead:d}")
     if request.gpus:
         gpu_type = f"{_check(_GPU_TYPE, job.gpu_type, 'GPU type')}:" if job.gpu_type else ""
         lines.append(f"#SBATCH --gres=gpu:{gpu_type}{request.gpus}")

@@ -8,6 +8,7 @@ problem, before anything is started.
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import jsonschema
 import yaml
 
 Site = dict[str, Any]
+NUMBER_FIELDS = ("hours", "gpus", "cpus", "memory_gb")
 
 
 class SiteError(ValueError):
@@ -30,10 +32,19 @@ def _schema() -> dict[str, Any]:
     return json.loads(resources.files(__package__).joinpath("site.schema.json").read_text())
 
 
-def _key(path: Any) -> str:
-    out = ""
+def _key(path: Any, data: Any = None) -> str:
+    """A readable key such as ``spawner.profile_list[gpu-1].slurm_override.gpus`` (profiles by slug)."""
+    out, node = "", data
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            slug = node[part].get("slug") if isinstance(node, list) and isinstance(node[part], dict) else None
+            out += f"[{slug}]" if isinstance(slug, str) and slug else f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
     return out
 
 
@@ -43,7 +54,7 @@ def validate_site(data: Any, path: Path | str = "site.yaml") -> Site:
     errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         err = errors[0]
-        raise SiteError(path, _key(err.absolute_path), err.message)
+        raise SiteError(path, _key(err.absolute_path, data), err.message)
     _check_cross_keys(data, path)
     return data
 
@@ -63,27 +74,80 @@ def _check_cross_keys(site: Site, path: Path | str) -> None:
         if "gpu_type" not in cluster["gpu_nodes"] or "gpus_per_node" not in cluster["gpu_nodes"]:
             raise SiteError(path, "cluster.gpu_nodes", "needs gpu_type and gpus_per_node")
     partitions = set(cluster["partitions"].values())
+    spawner = site["spawner"]
+    environments = set(spawner.get("environments", [spawner["environment"]]))
+    if spawner["environment"] not in environments:
+        raise SiteError(path, "spawner.environment", "is not one of spawner.environments")
     slugs: set[str] = set()
-    for i, profile in enumerate(site["spawner"]["profiles"]):
-        key = f"spawner.profiles[{i}]"
+    defaults = 0
+    for profile in spawner["profile_list"]:
+        key = f"spawner.profile_list[{profile['slug']}]"
         if profile["slug"] in slugs:
             raise SiteError(path, f"{key}.slug", f"'{profile['slug']}' is used by more than one profile")
         slugs.add(profile["slug"])
+        defaults += bool(profile.get("default"))
         override = profile["slurm_override"]
-        if override["partition"] not in partitions:
-            raise SiteError(path, f"{key}.slurm_override.partition",
-                            f"'{override['partition']}' is not one of cluster.partitions")
-        if override.get("account", site["accounting"]["default_account"]) not in accounts:
-            raise SiteError(path, f"{key}.slurm_override.account", "is not one of accounting.accounts")
-        if override.get("qos", site["accounting"]["default_qos"]) not in qos:
-            raise SiteError(path, f"{key}.slurm_override.qos", "is not one of accounting.qos")
-        if cluster["mode"] == "embedded":
-            gpus_per_node = cluster["gpu_nodes"]["gpus_per_node"]
-            if override["gpus"] > gpus_per_node:
-                raise SiteError(path, f"{key}.slurm_override.gpus",
-                                f"{override['gpus']} is more than a node has ({gpus_per_node})")
-    if site["spawner"]["default_profile"] not in slugs:
-        raise SiteError(path, "spawner.default_profile", "is not the slug of one of spawner.profiles")
+        _check_override(site, path, f"{key}.slurm_override", override, partitions, accounts, qos, environments)
+        for name, option in profile.get("profile_options", {}).items():
+            _check_option(site, path, f"{key}.profile_options.{name}", option, override, partitions, accounts,
+                          qos, environments)
+    if defaults > 1:
+        raise SiteError(path, "spawner.profile_list", "more than one profile has default: true")
+
+
+def _check_override(site: Site, path: Path | str, key: str, override: dict[str, Any], partitions: set[str],
+                    accounts: set[str], qos: set[str], environments: set[str]) -> None:
+    accounting, cluster = site["accounting"], site["cluster"]
+    if "partition" in override and override["partition"] not in partitions:
+        raise SiteError(path, f"{key}.partition", f"'{override['partition']}' is not one of cluster.partitions")
+    if override.get("account", accounting["default_account"]) not in accounts:
+        raise SiteError(path, f"{key}.account", "is not one of accounting.accounts")
+    if override.get("qos", accounting["default_qos"]) not in qos:
+        raise SiteError(path, f"{key}.qos", "is not one of accounting.qos")
+    if "environment" in override and override["environment"] not in environments:
+        raise SiteError(path, f"{key}.environment", "is not one of spawner.environments")
+    if cluster["mode"] == "embedded" and override.get("gpus", 0) > cluster["gpu_nodes"]["gpus_per_node"]:
+        raise SiteError(path, f"{key}.gpus",
+                        f"{override['gpus']} is more than a node has ({cluster['gpu_nodes']['gpus_per_node']})")
+
+
+def _check_option(site: Site, path: Path | str, key: str, option: dict[str, Any], profile_override: dict[str, Any],
+                  partitions: set[str], accounts: set[str], qos: set[str], environments: set[str]) -> None:
+    if "range" in option:
+        bounds = option["range"]
+        fields = list(bounds["slurm_override"])
+        field = fields[0]
+        if len(fields) != 1 or field not in NUMBER_FIELDS:
+            raise SiteError(path, f"{key}.range.slurm_override",
+                            f"a range sets exactly one of {', '.join(NUMBER_FIELDS)}")
+        if not bounds["min"] <= bounds.get("default", bounds["max"]) <= bounds["max"]:
+            raise SiteError(path, f"{key}.range", "needs min <= default <= max")
+        if bounds["max"] > profile_override[field]:
+            raise SiteError(path, f"{key}.range.max", f"{bounds['max']} is more than the profile's "
+                            f"slurm_override.{field} ({profile_override[field]})")
+        if field != "gpus" and bounds["min"] < 1:
+            raise SiteError(path, f"{key}.range.min", f"{field} must be at least 1")
+        return
+    choices = option["choices"]
+    if sum(bool(c.get("default")) for c in choices.values()) > 1:
+        raise SiteError(path, f"{key}.choices", "more than one choice has default: true")
+    for slug, choice in choices.items():
+        _check_override(site, path, f"{key}.choices.{slug}.slurm_override", choice["slurm_override"], partitions,
+                        accounts, qos, environments)
+    unlisted = option.get("unlisted_choice")
+    if unlisted:
+        numbers = sorted(set(unlisted["slurm_override"]) & set(NUMBER_FIELDS))
+        if numbers:
+            raise SiteError(path, f"{key}.unlisted_choice.slurm_override.{numbers[0]}",
+                            "a typed value can set only text fields (qos, reservation, environment); use a range")
+        try:
+            re.compile(unlisted["validation_regex"])
+        except re.error as exc:
+            raise SiteError(path, f"{key}.unlisted_choice.validation_regex", f"is not a valid regex ({exc})") from None
+        if not choices and not unlisted["enabled"]:
+            raise SiteError(path, f"{key}", "has no choices and no enabled unlisted_choice")
+    elif not choices:
+        raise SiteError(path, f"{key}.choices", "is empty and there is no unlisted_choice")
 
 
 def load_site(path: Path | str) -> Site:

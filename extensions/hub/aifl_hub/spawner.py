@@ -24,6 +24,7 @@ import time
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from batchspawner import SlurmSpawner
@@ -32,15 +33,31 @@ from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import Bool, Dict, Float, List, Unicode, default
 
+from .availability import ClusterWatch
+from .availability import describe as describe_availability
+from .energy import estimate_session
 from .i18n import gettext_for, pick_language
-from .options import OptionsError, SessionRequest, profiles_by_slug, validate_options
+from .options import (
+    FORM_PREFIX,
+    OptionsError,
+    SessionRequest,
+    options_from_form,
+    profile_list,
+    profiles_by_slug,
+    text,
+    validate_options,
+)
 from .queue import explain_reason, queue_place
 from .script import JobSpec, build_script
 from .site import Site, load_site
 from .slurm import JobInfo, SlurmClient, SlurmError, SlurmUnavailable
+from .spawnform import FormState, build_cards
 
 LANG_COOKIE = "aifl-lang"
 RESTARTED = "RESTARTED"  # last_end state of a start that a hub restart interrupted
+CANCELLED = "CANCELLED_BY_USER"  # last_end state of a start the user cancelled
+PROGRESS = {"asking": 5, "queued": 20, "starting": 70}  # the spawn page's progress bar per phase
+_WATCHES: dict[str, ClusterWatch] = {}  # site file -> the cluster's cached availability snapshot
 _templates = Environment(loader=PackageLoader(__package__, "templates"), autoescape=select_autoescape())
 
 
@@ -87,11 +104,10 @@ class SlurmLabSpawner(SlurmSpawner):
         """The Slurm client commands of this site."""
         return SlurmClient(bin_dir=self.site["cluster"]["slurm_bin"], sudo=self.sudo)
 
-    @property
-    def environment_prefix(self) -> Path:
-        """The notebook environment (built from images/) that sessions run in."""
+    def environment_prefix(self, name: str | None = None) -> Path:
+        """The notebook environment (built from images/<name>) that a session runs in."""
         spawner = self.site["spawner"]
-        return Path(spawner["environments_dir"]) / spawner["environment"]
+        return Path(spawner["environments_dir"]) / (name or spawner["environment"])
 
     @default("poll_interval")
     def _poll_interval_default(self) -> int:
@@ -133,37 +149,84 @@ class SlurmLabSpawner(SlurmSpawner):
 
     # ---- user options -------------------------------------------------------------------------
     session_request: SessionRequest | None = None
+    form_state: FormState | None = None  # the last refused spawn form, shown again with its error
+
+    @property
+    def groups(self) -> list[str]:
+        """The user's hub groups (they decide which profiles are open to the user)."""
+        return [group.name for group in getattr(self.user, "groups", [])]
 
     def check_user_options(self, options: Any, lang: str | None = None, handler: Any = None) -> SessionRequest:
         """Validate ``options``; raise HTTP 400 with a plain message (in the request's language) if not allowed."""
         if options is not None and not isinstance(options, dict):
             raise web.HTTPError(400, "user_options must be an object")
         try:
-            return validate_options(self.site, options, lang or self._request_language(handler))
+            return validate_options(self.site, options, lang or self._request_language(handler), self.groups)
         except OptionsError as exc:
             error = web.HTTPError(400, exc.message)
             error.jupyterhub_message = exc.message  # shown as it is on JupyterHub's spawn page
+            error.options_field = exc.field
             raise error from None
 
     @default("options_form")
     def _options_form_default(self):  # noqa: ANN202 - JupyterHub accepts a callable
         return self._render_options_form
 
-    def _render_options_form(self, spawner: SlurmLabSpawner) -> str:
+    async def _render_options_form(self, spawner: SlurmLabSpawner) -> str:
         lang = self._request_language()
+        state, self.form_state = self.form_state, None
+        profiles = profile_list(self.site, self.groups)
+        cards = build_cards(self.site, lang, self.groups, state=state,
+                            availability=await self._availability(profiles, lang),
+                            kwh_per_hour=self._kwh_per_hour)
         return _templates.get_template("options_form.html").render(
-            profiles=list(profiles_by_slug(self.site).values()), lang=lang, _=gettext_for(lang),
-            default_profile=self.site["spawner"]["default_profile"])
+            cards=cards, form_error=state, _=gettext_for(lang), text=lambda value: text(value, lang))
+
+    async def _availability(self, profiles: list[dict[str, Any]], lang: str) -> dict[str, tuple[str, str]]:
+        """Each profile's availability line from Slurm: slug -> (state, words). One snapshot serves all users."""
+        watch = _WATCHES.get(self.site_file)
+        if watch is None:
+            watch = _WATCHES[self.site_file] = ClusterWatch.from_site(self.site)
+        lines = {}
+        for profile in profiles:
+            found = await watch.availability(SimpleNamespace(**profile["slurm_override"]))
+            lines[profile["slug"]] = (found.state, describe_availability(found, lang))
+        return lines
+
+    def _kwh_per_hour(self, profile: dict[str, Any]) -> float | None:
+        """The profile's estimated energy per hour from the site's energy model (None without a model)."""
+        energy = self.site.get("energy")
+        if not energy:
+            return None
+        override = profile["slurm_override"]
+        gpu_type = self.site["cluster"].get("gpu_nodes", {}).get("gpu_type")
+        try:
+            return estimate_session(energy, gpu_type, override["gpus"], override["cpus"], override["memory_gb"],
+                                    1).kwh
+        except ValueError as exc:
+            self.log.warning("No energy estimate for profile %s: %s", profile["slug"], exc)
+            return None
 
     def options_from_form(self, form_data: dict[str, list[str]]) -> dict[str, Any]:  # type: ignore[override]
-        """Keep only validated options from the spawn form (or a ``/hub/spawn?...`` link)."""
-        options = {k: v for k, v in form_data.items() if k != "_xsrf" and v not in ([""], "")}
-        request = self.check_user_options(options)
-        return {"profile": request.profile, "hours": request.hours}
+        """Keep only validated options from the spawn form; a refused form is shown again with the error."""
+        options = options_from_form(form_data)
+        try:
+            request = self.check_user_options(options)
+        except web.HTTPError as exc:
+            slug = options.get("profile") if isinstance(options.get("profile"), str) else ""
+            key = getattr(exc, "options_field", "")
+            own = key != "profile" and key in options and f"{FORM_PREFIX}{slug}--{key}" in form_data
+            self.form_state = FormState(
+                profile=slug, field=f"{FORM_PREFIX}{slug}--{key}" if own else "profile" if key == "profile" else key,
+                message=exc.jupyterhub_message,
+                values={k: v[0] for k, v in form_data.items() if k.startswith(FORM_PREFIX) and len(v) == 1})
+            raise
+        return {"profile": request.profile, **request.choices}
 
     def options_from_query(self, query_data: dict[str, list[str]]) -> dict[str, Any]:
-        """``/hub/spawn?profile=...`` links get exactly the form's validation."""
-        return self.options_from_form(query_data)
+        """``/hub/spawn?profile=gpu-1&hours=4`` links: the REST keys, checked by the same allowlist."""
+        request = self.check_user_options({k: v for k, v in query_data.items() if v not in ([""], "")})
+        return {"profile": request.profile, **request.choices}
 
     @default("apply_user_options")
     def _apply_user_options_default(self):  # noqa: ANN202 - JupyterHub's hook is a callable
@@ -180,10 +243,10 @@ class SlurmLabSpawner(SlurmSpawner):
             raise SessionFailed(self._("Your account on the cluster is not ready yet. "
                                        "Ask the lab's administrator to approve it.")) from None
 
-    def job_spec(self, env_names: list[str]) -> JobSpec:
+    def job_spec(self, env_names: list[str], environment: str | None = None) -> JobSpec:
         """The parts of the job that come from the site and the user's Unix account."""
         account = self._account()
-        bin_dir = str(self.environment_prefix / "bin")
+        bin_dir = str(self.environment_prefix(environment) / "bin")
         log_dir = self.site["spawner"].get("job_log_dir", ".aifl/logs")
         return JobSpec(
             username=account.pw_name,
@@ -193,14 +256,19 @@ class SlurmLabSpawner(SlurmSpawner):
             export_names=sorted(env_names),
             path_dirs=[bin_dir, *self.extra_path],
             gpu_type=self.site["cluster"].get("gpu_nodes", {}).get("gpu_type", ""),
+            save_lead=self.site["spawner"].get("save_before_end", 600),
         )
 
     def get_env(self) -> dict[str, str]:
         """The job's environment: JupyterHub's variables plus a fixed PATH and locale."""
         env = super().get_env()
-        env["PATH"] = ":".join([str(self.environment_prefix / "bin"), *self.extra_path])
+        environment = self.session_request.environment if self.session_request else None
+        env["PATH"] = ":".join([str(self.environment_prefix(environment) / "bin"), *self.extra_path])
         env.setdefault("LANG", "C.UTF-8")
         env["AIFL_LANG"] = self.lang or self.site["site"].get("default_language", "en")
+        # What the session's own warnings need: when Slurm asks it to save, and when an idle session is stopped.
+        env["AIFL_SAVE_LEAD"] = str(self.site["spawner"].get("save_before_end", 600))
+        env["AIFL_IDLE_TIMEOUT"] = str(self.site["spawner"].get("idle_timeout", 0))
         return env
 
     def log_path(self) -> str:
@@ -211,40 +279,65 @@ class SlurmLabSpawner(SlurmSpawner):
     port_ready: asyncio.Event | None = None
 
     def set_port(self, port: int) -> None:
-        """Called by the hub API when the job reports that its server listens on ``port``."""
+        """Called by the hub API when the job reports that its server listens on ``port`` (saved at once)."""
         self.port = port
+        self._save_state()
         if self.port_ready is not None:
             self.port_ready.set()
 
-    async def start(self) -> tuple[str, int]:
-        """Submit the session job and return its node and port once the server listens."""
-        self.port = 0
-        self.port_ready = asyncio.Event()
-        self.last_end = {}
-        request = self.session_request or self.check_user_options(self.user_options)
-        self._account()  # a clear message before anything else if the user has no account yet
-        env = self.get_env()
-        script = build_script(request, self.job_spec(list(env)))
-        try:
-            self.job_id = await self.slurm.submit(self.user.name, script, env)
-        except SlurmError as exc:
-            self.log.error("Submitting a session for %s failed: %s", self.user.name, exc.stderr)
-            reason = exc.stderr.splitlines()[-1] if exc.stderr else str(exc)
-            for noise in ("sbatch: error: ", "Batch job submission failed: "):
-                reason = reason.removeprefix(noise)
-            raise SessionFailed(self._("The cluster did not accept the session: {reason}").format(
-                reason=reason)) from None
-        # Saved at once: a hub restarted before this start finishes still knows the job, and poll() then
-        # cancels it instead of leaving it to hold a place nobody can reach. JupyterHub itself saves the
-        # state only when the start has finished.
-        self.starting = True
-        self.orm_spawner.state = self.get_state()
-        session = object_session(self.orm_spawner)
+    def _save_state(self) -> None:
+        """Commit the spawner's state now (JupyterHub itself saves it only when a start has finished)."""
+        orm_spawner = getattr(self, "orm_spawner", None)
+        if orm_spawner is None:
+            return
+        orm_spawner.state = self.get_state()
+        session = object_session(orm_spawner)
         if session is not None:
             session.commit()
-        self.log.info("Submitted job %s for %s (profile %s)", self.job_id, self.user.name, request.profile)
+
+    async def _take_up_interrupted_start(self) -> bool:
+        """Re-attach to the job of a start that a hub restart interrupted, if it still waits or runs.
+
+        :mod:`.hubapp` saved that job under ``resume`` in the state (JupyterHub clears the spawner's
+        own state before a start).
+        """
+        resume = self._saved_state().get("resume") or {}
+        if not resume.get("job_id"):
+            return False
+        try:
+            job = await self.slurm.job(resume["job_id"])
+        except SlurmError:
+            job = None
+        if job is None or not (job.pending or job.running):
+            return False
+        self.job_id, self.submitted_at = resume["job_id"], float(resume.get("submitted_at", time.time()))
+        self.port, self.starting = int(resume.get("port", 0)), True
+        self._save_state()
+        self.log.info("Taking up job %s of %s again after a hub restart", self.job_id, self.user.name)
+        return True
+
+    async def give_up_interrupted_start(self) -> None:
+        """An interrupted start that cannot be taken up again: cancel its job and say so on the home page."""
+        job_id = (self._saved_state().get("resume") or {}).get("job_id")
+        if job_id:
+            await self.slurm.cancel(self.user.name, job_id)
+            self.last_end = {"job_id": job_id, "state": RESTARTED}
+        self.clear_state()
+        self._save_state()
+
+    async def start(self) -> tuple[str, int]:
+        """Submit the session job (or take up the one an interrupted start left) and return node and port."""
+        self.port_ready = asyncio.Event()
+        self.last_end = {}
+        request = self.session_request = self.session_request or self.check_user_options(self.user_options)
+        self._account()  # a clear message before anything else if the user has no account yet
+        if not await self._take_up_interrupted_start():
+            self.port = 0
+            self.submitted_at = time.time()
+            await self._submit(request)
         node = ""
-        queued_at, running_at = time.monotonic(), 0.0
+        # The queue limit counts from the request, also across a hub restart.
+        queued_at, running_at = time.monotonic() - max(0.0, time.time() - self.submitted_at), 0.0
         while not (self.port and node):
             try:
                 job = await self.slurm.job(self.job_id)
@@ -271,6 +364,24 @@ class SlurmLabSpawner(SlurmSpawner):
         await self._record_session(request.profile)
         return node, self.port
 
+    async def _submit(self, request: SessionRequest) -> None:
+        """Submit the job for ``request`` as the user and save the state at once."""
+        env = self.get_env()
+        script = build_script(request, self.job_spec(list(env), request.environment))
+        try:
+            self.job_id = await self.slurm.submit(self.user.name, script, env)
+        except SlurmError as exc:
+            self.log.error("Submitting a session for %s failed: %s", self.user.name, exc.stderr)
+            reason = exc.stderr.splitlines()[-1] if exc.stderr else str(exc)
+            for noise in ("sbatch: error: ", "Batch job submission failed: "):
+                reason = reason.removeprefix(noise)
+            raise SessionFailed(self._("The cluster did not accept the session: {reason}").format(
+                reason=reason)) from None
+        # Saved at once, so that a restarted hub knows the job and takes this start up again (see .hubapp).
+        self.starting = True
+        self._save_state()
+        self.log.info("Submitted job %s for %s (profile %s)", self.job_id, self.user.name, request.profile)
+
     async def _record_session(self, profile: str) -> None:
         """Keep what the home page shows about the running session: profile, node, GPUs, end time."""
         try:
@@ -288,7 +399,8 @@ class SlurmLabSpawner(SlurmSpawner):
             return []
         profile = profiles_by_slug(self.site).get(self.session.get("profile", ""))
         lang = self.lang or self.site["site"].get("default_language", "en")
-        rows = [(self._("Profile"), profile["display_name"][lang] if profile else self.session.get("profile", "")),
+        name = text(profile["display_name"], lang) if profile else self.session.get("profile", "")
+        rows = [(self._("Profile"), name),
                 (self._("Node"), self.session.get("node", "")),
                 (self._("GPU"), self.session.get("gpus") or self._("none"))]
         if self.session.get("ends_at"):
@@ -391,22 +503,24 @@ class SlurmLabSpawner(SlurmSpawner):
         return message
 
     async def progress(self):  # noqa: ANN201 - an async generator of JupyterHub progress events
-        """Progress events for the spawn page: queued (with reason and place), starting on a node."""
+        """Progress events for the spawn page: queued (with reason and place), then starting on a node.
+
+        Besides JupyterHub's ``progress`` and ``message``, each event names the phase (``aifl_phase``), so
+        the page can say whether the session waits in the queue or is starting.
+        """
         last = ""
         while True:
-            state, _, node = self.job_status.partition(" ")
-            if not self.job_id:
+            phase = self.phase()
+            if phase == "asking":
                 message = self._("Asking the cluster for a place…")
-            elif state in ("PENDING", "CONFIGURING", "REQUEUED"):
+            elif phase == "queued":
                 message = await self.waiting_message()
-            elif node:
-                message = self._("JupyterLab is starting on {node}.").format(node=node)
             else:
-                message = self._("Checking the job…")
+                message = self._("JupyterLab is starting on {node}.").format(node=self.job_status.partition(" ")[2])
             if message != last:
-                yield {"message": message}
+                yield {"progress": PROGRESS[phase], "message": message, "aifl_phase": phase}
                 last = message
-            await asyncio.sleep(2 if state == "PENDING" else 0.5)
+            await asyncio.sleep(2 if phase == "queued" else 0.5)
 
     # ---- state kept in the hub database ------------------------------------------------------
     last_end = Dict(help="Why the last session ended outside the lab: job id and Slurm state (kept in hub state).")
@@ -424,10 +538,16 @@ class SlurmLabSpawner(SlurmSpawner):
     def _lang_default(self) -> str:
         return self._saved_state().get("lang", "")
 
+    def cancelled_by_user(self) -> None:
+        """The user cancels this start (the hub then stops it): remember it for the home page."""
+        self.last_end = {"job_id": self.job_id or "", "state": CANCELLED}
+
     def end_message(self) -> str:
         """Why the last session ended outside the lab, in the user's language, or ''."""
         if not self.last_end:
             return ""
+        if self.last_end.get("state") == CANCELLED:
+            return self._("You cancelled the start. Nothing runs for you now; start again whenever you like.")
         if self.last_end.get("state") == RESTARTED:
             return self._("Your last session (job {job}) was still starting when the lab restarted, so it was "
                           "stopped and its place given back. Please start it again.").format(
@@ -441,17 +561,30 @@ class SlurmLabSpawner(SlurmSpawner):
 
     session = Dict(help="The running session's profile, node, GPU indices and end time (kept in hub state).")
 
+    submitted_at = Float(0.0, help="When the current start was asked for (epoch seconds; kept in hub state).")
+
+    def phase(self) -> str:
+        """Where a start is: ``asking`` (not yet submitted), ``queued`` or ``starting`` (its job runs)."""
+        state, _, node = self.job_status.partition(" ")
+        if not self.job_id:
+            return "asking"
+        return "starting" if node and state not in ("PENDING", "CONFIGURING", "REQUEUED") else "queued"
+
     def clear_state(self) -> None:
         """Forget the job (batchspawner), that it was starting and the session; keep why the last one ended."""
         super().clear_state()
         self.starting = False
         self.session = {}
+        self.submitted_at = 0.0
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore the job id (batchspawner), the language and why the last session ended."""
         super().load_state(state)
         self.starting = bool(state.get("starting", False))
         self.session = dict(state.get("session", {}))
+        self.submitted_at = float(state.get("submitted_at", 0.0))
+        if self.starting:
+            self.port = int(state.get("port", 0))
         self.lang = state.get("lang", "")
         self.last_end = dict(state.get("last_end", {}))
 
@@ -462,6 +595,9 @@ class SlurmLabSpawner(SlurmSpawner):
             state["lang"] = self.lang
         if self.starting:
             state["starting"] = True
+            state["submitted_at"] = self.submitted_at
+            if self.port:
+                state["port"] = self.port
         if self.session:
             state["session"] = self.session
         if self.last_end:
