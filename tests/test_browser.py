@@ -132,7 +132,7 @@ def spawn_gpu_session(page: Page, name: str) -> None:
     """Start a one-GPU session for one hour from the spawn form; wait until JupyterLab is up."""
     page.goto(f"{BASE}/hub/spawn")
     page.check("#profile-gpu-1")
-    page.fill("#aifl-hours", "1")
+    page.fill("#profile-option-gpu-1--hours", "1")
     expect(page.locator("#profile-gpu-1")).to_be_checked()
     shot(page, "1-spawn-form")
     page.click("#spawn_form [type=submit]")
@@ -268,4 +268,74 @@ def test_browser_signs_up_runs_a_gpu_notebook_and_stops_without_leaving_the_mach
         browser.close()
     # The recorder saw the traffic (the kernel's websocket included) and none of it left the machine.
     assert any(f"/user/{name}/api/kernels/" in url for url in log.websockets), log.websockets
+    assert log.foreign() == [], f"the browser contacted hosts other than {LOCAL_HOST}: {log.foreign()}"
+
+
+def test_browser_in_dutch_corrects_a_value_waits_in_the_queue_and_cancels(
+        hub: Hub, browser_user: tuple[str, str], playwright: Playwright) -> None:
+    """Issue 4's path: the spawn page in Dutch, an out-of-range value refused next to its field, fixed, the
+    queue explained while every GPU is busy, and Cancel removes the job. Screenshots of the page in NL and EN."""
+    name, password = browser_user
+    log = RequestLog()
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    context = browser.new_context(locale="nl-NL", viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(30_000)
+    log.watch(context)
+    page = context.new_page()
+    fillers: list[str] = []
+    try:
+        sign_up_nl = page.goto(f"{BASE}/hub/signup")
+        assert sign_up_nl is not None and sign_up_nl.ok
+        page.fill("input[name=username]", name)
+        page.fill("input[name=signup_password]", password)
+        page.fill("input[name=signup_password_confirmation]", password)
+        with page.expect_navigation():
+            page.click("#signup_submit")
+        approve(browser, log, name)
+        log_in(page, name, password, next_path="/hub/spawn")
+        page.goto(f"{BASE}/hub/spawn")
+        expect(page.locator("legend")).to_have_text("Wat heb je nodig?")
+        shot(page, "spawn-page-nl")
+        # Keyboard only: move to the GPU card and type an hour count the profile does not allow.
+        page.focus("#profile-cpu-small")
+        page.keyboard.press("ArrowDown")
+        expect(page.locator("#profile-gpu-1")).to_be_checked()
+        hours = page.locator("#profile-option-gpu-1--hours")
+        hours.fill("12")
+        page.evaluate("document.getElementById('spawn_form').noValidate = true")  # let the server judge it
+        page.click("#spawn_form [type=submit]")
+        error = page.locator("#profile-option-gpu-1--hours-error")
+        expect(error).to_have_text("Uren: kies van 1 tot 8.")
+        expect(page.locator("#profile-gpu-1")).to_be_checked()
+        shot(page, "spawn-page-nl-error")
+        assert squeue_of(name) == []
+        # Every GPU busy: the corrected request has to wait, and the page says why.
+        sbatch = ["runuser", "-u", name, "--", "sbatch", "--parsable", "-p", "gpu", "-A", "lab", "--gres=gpu:4",
+                  "-c", "1", "--mem=1G", "-t", "10", "-o", "/dev/null", "--chdir=/tmp", "--wrap", "sleep 600"]
+        fillers = [slurm(*sbatch).strip() for _ in range(4)]
+        deadline = time.monotonic() + 30
+        while len(squeue_of(name, "%T")) != 4 or set(squeue_of(name, "%T")) != {"RUNNING"}:
+            assert time.monotonic() < deadline, squeue_of(name, "%i|%T")
+            time.sleep(0.3)
+        page.locator("#profile-option-gpu-1--hours").fill("2")
+        page.click("#spawn_form [type=submit]")
+        expect(page.locator("#aifl-phase")).to_have_text("Je sessie wacht op een vrije plek")
+        expect(page.locator("#progress-message")).to_contain_text("plaats 1 van 1", timeout=30_000)
+        expect(page.locator("#progress-message")).to_contain_text("Reden", timeout=30_000)
+        shot(page, "pending-nl")
+        (job,) = [j for j in squeue_of(name) if j not in fillers]
+        page.click("#aifl-cancel")
+        page.wait_for_url(re.compile(r"/hub/home"))
+        expect(page.locator("#aifl-session-ended")).to_contain_text("Je hebt de start geannuleerd.")
+        assert job not in squeue_of(name)
+        # The same page in English, for the record.
+        page.goto(f"{BASE}/hub/spawn")
+        page.locator("button", has_text="English").first.click()
+        expect(page.locator("legend")).to_have_text("What do you need?")
+        shot(page, "spawn-page-en")
+    finally:
+        if fillers:
+            subprocess.run(["scancel", *fillers], check=False, timeout=60)
+        context.close()
+        browser.close()
     assert log.foreign() == [], f"the browser contacted hosts other than {LOCAL_HOST}: {log.foreign()}"

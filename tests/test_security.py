@@ -21,7 +21,7 @@ HOSTILE_OPTIONS = [
     ({"profile": "gpu-1\n#SBATCH --uid=0"}, "Choose one of the offered profiles"),
     ({"profile": "gpu-1; touch /tmp/aifl-pwned"}, "Choose one of the offered profiles"),
     ({"profile": "gpu-1", "hours": "1; touch /tmp/aifl-pwned"}, "whole number"),
-    ({"profile": "gpu-1", "hours": 500}, "Choose between 1 and 8 hours"),
+    ({"profile": "gpu-1", "hours": 500}, "Hours: choose from 1 to 8."),
 ]
 
 
@@ -61,11 +61,11 @@ def test_hostile_spawn_links_and_forms_are_refused(hub: Hub, users):
     form = browser.get(f"{BASE}/hub/spawn", headers={"Accept-Language": "nl"}, timeout=30)
     assert "Wat heb je nodig?" in form.content.decode()
     xsrf = browser.cookies.get("_xsrf", "")
-    page = browser.post(f"{BASE}/hub/spawn", data={"profile": "gpu-1", "hours": "99", "_xsrf": xsrf},
-                        headers={"Accept-Language": "nl"}, timeout=30)
+    page = browser.post(f"{BASE}/hub/spawn", headers={"Accept-Language": "nl"}, timeout=30,
+                        data={"profile": "gpu-1", "profile-option-gpu-1--hours": "99", "_xsrf": xsrf})
     assert page.status_code == 400
     text = page.content.decode()
-    assert "Kies tussen 1 en 8 uur voor dit profiel." in text, text[text.find("alert"):][:300]
+    assert "Uren: kies van 1 tot 8." in text, text[text.find("alert"):][:300]
     assert hub.server(name) is None
     assert jobs_of(name, since) == ""
 

@@ -134,11 +134,13 @@ def test_a_wait_goes_on_after_a_hub_restart_and_keeps_its_place(hub, users):
         assert hub.server(name) is not None and not hub.server(name)["ready"]
         text = page(browser, f"/hub/spawn-pending/{name}", lang="en")
         assert "Your session waits for a free place" in text
+        # In the language the user started in (English here), as before the restart.
+        deadline, line = time.monotonic() + 30, ""
         with hub.api("GET", f"/users/{name}/server/progress", token=token, stream=True) as stream:
             for line in stream.iter_lines(decode_unicode=True):
-                if "Reason:" in line:
-                    assert "Waiting in the queue: place 1 of 1." in line
+                if "Reason:" in line or time.monotonic() > deadline:
                     break
+        assert "Waiting in the queue: place 1 of 1. Reason: " in line
         fillers = [j for j in slurm("squeue", "-h", "-u", name, "-o", "%i").split() if j != job]
         slurm("scancel", *fillers)
         server = hub.wait_ready(name, timeout=120)

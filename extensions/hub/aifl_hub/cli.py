@@ -38,6 +38,7 @@ RUN = Path("/run/aifl")
 LOGS = Path("/var/log/aifl")
 HUB_ENV = OPT / "hub"
 PROXY_DIR = OPT / "proxy"
+NOTEBOOK_BUILD = OPT / "build" / "aifl-notebook"
 PROXY_VERSION = "5.3.0"
 MKUSER = Path("/usr/local/sbin/aifl-mkuser")
 SUDOERS = Path("/etc/sudoers.d/aifl-hub")
@@ -67,7 +68,7 @@ def install_packages(names: list[str], progress: Progress) -> None:
 
 def _source_file(path: Path, root: Path) -> bool:
     """A file of the source tree under ``root``, not something a build or an import left there."""
-    return path.is_file() and not any(part in ("__pycache__", "build") or part.endswith(".egg-info")
+    return path.is_file() and not any(part in ("__pycache__", "build", "node_modules") or part.endswith(".egg-info")
                                       for part in path.relative_to(root).parts)
 
 
@@ -98,13 +99,48 @@ def build_environment(repo: Path, site: Site, progress: Progress) -> None:
     pip = [str(prefix / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
     progress.note("installing the pinned packages of images/" + name)
     run([*pip, "--no-deps", "-r", str(spec / "requirements.txt")], timeout=1800)
-    run([*pip, "--no-deps", "--force-reinstall", str(repo / "extensions" / "notebook")], timeout=600)
+    package = build_notebook_package(repo / "extensions" / "notebook", prefix, progress)
+    run([*pip, "--no-deps", "--force-reinstall", str(package)], timeout=600)
     _remove_unlisted(prefix, spec / "requirements.txt", progress)
     for sub in ("etc", "share"):
         if (spec / sub).is_dir():
             shutil.copytree(spec / sub, prefix / sub, dirs_exist_ok=True)
     run(["chmod", "-R", "a+rX", str(prefix)])
     stamp_file.write_text(stamp)
+
+
+def build_notebook_package(source: Path, prefix: Path, progress: Progress) -> Path:
+    """Copy the notebook package to a build folder and build its JupyterLab extension there.
+
+    The frontend's build tools come from npm exactly as ``package-lock.json`` lists them (``npm ci``,
+    only when the lock changed); ``tsc`` compiles ``src/`` and ``jupyter labextension build`` bundles
+    it against the environment's own JupyterLab (no download of JupyterLab's metadata). Returns the
+    folder to pip-install: the wheel puts the extension under ``share/jupyter/labextensions``.
+    """
+    build = NOTEBOOK_BUILD
+    build.mkdir(parents=True, exist_ok=True)
+    for old in build.iterdir():  # the previous copy, but keep the installed build tools
+        if old.name == "node_modules":
+            continue
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    outputs = shutil.ignore_patterns("__pycache__", "build", "*.egg-info", "node_modules", "lib", "labextension")
+    shutil.copytree(source, build, dirs_exist_ok=True, ignore=outputs)
+    lock, installed_lock = build / "package-lock.json", build / "node_modules" / ".aifl-package-lock.json"
+    if not installed_lock.exists() or installed_lock.read_bytes() != lock.read_bytes():
+        progress.note("installing the JupyterLab extension's build tools (npm ci)")
+        run(["npm", "ci", "--prefix", str(build), "--no-audit", "--no-fund", "--ignore-scripts"], timeout=900)
+        shutil.copyfile(lock, installed_lock)
+    progress.note("building the JupyterLab extension")
+    run([str(build / "node_modules" / ".bin" / "tsc"), "-p", str(build)], timeout=600)
+    jupyterlab = Path(run([str(prefix / "bin" / "python"), "-c", "import jupyterlab; print(jupyterlab.__file__)"])
+                      .stdout.strip()).parent
+    env = {**os.environ, "PATH": f"{prefix / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run([str(prefix / "bin" / "jupyter"), "labextension", "build",
+         "--core-package-file", str(jupyterlab / "staging" / "package.json"), str(build)], env=env, timeout=600)
+    return build
 
 
 def _canonical(name: str) -> str:
@@ -245,7 +281,7 @@ def start_hub(repo: Path, site: Site, site_path: Path, proxy_main: Path, progres
     if hub_pid and (changed or _installed_hub_changed()):
         progress.note("the hub's code or configuration changed: restarting the hub (sessions keep running)")
         stop_process("hub")
-    _start("hub", [str(HUB_ENV / "bin" / "jupyterhub"), "-f", str(ETC / "jupyterhub_config.py")],
+    _start("hub", [str(HUB_ENV / "bin" / "aifl-jupyterhub"), "-f", str(ETC / "jupyterhub_config.py")],
            hub_user, {**base_env, "CONFIGPROXY_AUTH_TOKEN": proxy_token, "AIFL_SITE_FILE": str(ETC / "site.yaml")},
            [HUB_API_PORT], lambda: _http_ok(f"http://{hub['ip']}:{hub['port']}/hub/api/"), cwd=state)
     (RUN / "hub.stamp").write_text(_hub_stamp())

@@ -28,7 +28,7 @@ RESUMED = ("job_id", "submitted_at", "port")  # state of the interrupted start, 
 class LabHub(JupyterHub):
     """JupyterHub that resumes interrupted session starts."""
 
-    interrupted_starts: list[tuple[str, dict[str, Any] | None]]
+    interrupted_starts: list[tuple[str, dict[str, Any] | None, str]]
     resuming: list[asyncio.Future[None]]
 
     async def init_spawners(self) -> int | None:
@@ -39,7 +39,8 @@ class LabHub(JupyterHub):
             if orm_spawner.name == "" and state.get("starting") and state.get("job_id"):
                 self.log.info("The start of job %s for %s was interrupted by a restart; it is taken up again",
                               state["job_id"], orm_spawner.user.name)
-                self.interrupted_starts.append((orm_spawner.user.name, orm_spawner.user_options))
+                self.interrupted_starts.append((orm_spawner.user.name, orm_spawner.user_options,
+                                                state.get("lang", "")))
                 kept = {k: v for k, v in state.items() if k in KEPT}
                 orm_spawner.state = {**kept, "resume": {k: state[k] for k in RESUMED if k in state}}
                 server, orm_spawner.server = orm_spawner.server, None
@@ -50,20 +51,19 @@ class LabHub(JupyterHub):
     async def start(self) -> None:
         """Start JupyterHub, then ask again for each interrupted start."""
         await super().start()
-        self.resuming = [asyncio.ensure_future(self._resume(name, options))
-                         for name, options in self.interrupted_starts]
+        self.resuming = [asyncio.ensure_future(self._resume(*start)) for start in self.interrupted_starts]
 
     def _service_token(self) -> str | None:
         return next((s.get("api_token") for s in self.services if s.get("name") == RESUME_SERVICE), None)
 
-    async def _resume(self, name: str, options: dict[str, Any] | None) -> None:
+    async def _resume(self, name: str, options: dict[str, Any] | None, lang: str) -> None:
         token = self._service_token()
         url = url_path_join(self.hub.url, "api/users", name, "server")
         try:
             if not token:
                 raise OSError(f"there is no {RESUME_SERVICE!r} service token")
-            request = HTTPRequest(url, method="POST", headers={"Authorization": f"token {token}"},
-                                  body=json.dumps({"user_options": options or {}}))
+            headers = {"Authorization": f"token {token}"} | ({"Accept-Language": lang} if lang else {})
+            request = HTTPRequest(url, method="POST", headers=headers, body=json.dumps({"user_options": options or {}}))
             await AsyncHTTPClient().fetch(request)
         except (HTTPClientError, OSError) as exc:
             # Give the place back rather than leave a job nobody can reach.

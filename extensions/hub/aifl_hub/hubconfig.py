@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .api import install_handlers
+from .pages import configure_pages
 from .site import load_site
+from .spawnpage import install_page_handlers
 
 TEMPLATES = Path(__file__).parent / "templates" / "hub"
 PROXY_API_PORT = 8001
 HUB_API_PORT = 8081
 
 
-def end_message(user: Any) -> str:
-    """Template variable: why the user's last session ended outside the lab (or '')."""
+def end_message(user: Any) -> Callable[[str], str]:
+    """Template variable: why the user's last session ended outside the lab, as ``f(lang)`` ('' when nothing)."""
     spawner = getattr(user, "spawner", None)  # the default server's spawner (made on first use)
-    return spawner.end_message() if spawner is not None and hasattr(spawner, "end_message") else ""
+    if spawner is None or not hasattr(spawner, "end_message"):
+        return lambda lang: ""
+    return spawner.end_message
 
 
-def session_card(user: Any) -> list[tuple[str, str]]:
-    """Template variable: the running session's profile, node, GPU and time left (empty when none runs)."""
+def session_card(user: Any) -> Callable[[str], list[tuple[str, str]]]:
+    """Template variable: the running session's profile, node, GPU and time left, as ``f(lang)`` (empty when none)."""
     spawner = getattr(user, "spawner", None)
-    return spawner.session_card() if spawner is not None and hasattr(spawner, "session_card") else []
+    if spawner is None or not hasattr(spawner, "session_card"):
+        return lambda lang: []
+    return spawner.session_card
 
 
 def configure(c: Any, site_file: str) -> None:
@@ -33,6 +40,7 @@ def configure(c: Any, site_file: str) -> None:
     state = Path(hub["state_dir"])
 
     install_handlers()
+    install_page_handlers()
 
     c.JupyterHub.bind_url = f"http://{hub['ip']}:{hub['port']}"
     c.JupyterHub.hub_bind_url = f"http://{hub.get('api_ip', '127.0.0.1')}:{HUB_API_PORT}"
@@ -91,7 +99,8 @@ def configure(c: Any, site_file: str) -> None:
     if token_file.exists():
         services.append({"name": "lab", "api_token": token_file.read_text().strip()})
         roles.append({"name": "lab-service", "services": ["lab"],
-                      "scopes": ["admin:users", "admin:servers", "tokens", "read:hub", "access:servers"]})
+                      "scopes": ["admin:users", "admin:servers", "admin:groups", "tokens", "read:hub",
+                                 "access:servers"]})
     idle = site["spawner"].get("idle_timeout", 0)
     if idle:
         # jupyterhub-idle-culler as a hub service, with only the scopes it needs.
@@ -101,3 +110,4 @@ def configure(c: Any, site_file: str) -> None:
                       "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]})
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+    configure_pages(c, site)

@@ -304,13 +304,15 @@ class SlurmLabSpawner(SlurmSpawner):
         resume = self._saved_state().get("resume") or {}
         if not resume.get("job_id"):
             return False
+        self.job_id = resume["job_id"]  # known at once, so that a stop during the check still cancels it
         try:
-            job = await self.slurm.job(resume["job_id"])
+            job = await self.slurm.job(self.job_id)
         except SlurmError:
             job = None
         if job is None or not (job.pending or job.running):
+            self.job_id = ""
             return False
-        self.job_id, self.submitted_at = resume["job_id"], float(resume.get("submitted_at", time.time()))
+        self.submitted_at = float(resume.get("submitted_at", time.time()))
         self.port, self.starting = int(resume.get("port", 0)), True
         self._save_state()
         self.log.info("Taking up job %s of %s again after a hub restart", self.job_id, self.user.name)
@@ -318,7 +320,7 @@ class SlurmLabSpawner(SlurmSpawner):
 
     async def give_up_interrupted_start(self) -> None:
         """An interrupted start that cannot be taken up again: cancel its job and say so on the home page."""
-        job_id = (self._saved_state().get("resume") or {}).get("job_id")
+        job_id = self.job_id or (self._saved_state().get("resume") or {}).get("job_id")
         if job_id:
             await self.slurm.cancel(self.user.name, job_id)
             self.last_end = {"job_id": job_id, "state": RESTARTED}
@@ -393,19 +395,20 @@ class SlurmLabSpawner(SlurmSpawner):
             "profile": profile, "node": allocation.node, "gpus": allocation.gpus,
             "ends_at": allocation.ends_at.isoformat() if allocation.ends_at else ""}
 
-    def session_card(self) -> list[tuple[str, str]]:
-        """The running session in plain words for the home page: (label, value) rows in the user's language."""
+    def session_card(self, lang: str | None = None) -> list[tuple[str, str]]:
+        """The running session in plain words for the home page: (label, value) rows in ``lang``."""
         if not self.session or not self.job_id:
             return []
         profile = profiles_by_slug(self.site).get(self.session.get("profile", ""))
-        lang = self.lang or self.site["site"].get("default_language", "en")
+        lang = lang or self.lang or self.site["site"].get("default_language", "en")
+        _ = gettext_for(lang)
         name = text(profile["display_name"], lang) if profile else self.session.get("profile", "")
-        rows = [(self._("Profile"), name),
-                (self._("Node"), self.session.get("node", "")),
-                (self._("GPU"), self.session.get("gpus") or self._("none"))]
+        rows = [(_("Profile"), name),
+                (_("Node"), self.session.get("node", "")),
+                (_("GPU"), self.session.get("gpus") or _("none"))]
         if self.session.get("ends_at"):
             left = max(0, int((datetime.fromisoformat(self.session["ends_at"]) - datetime.now()).total_seconds()))
-            rows.append((self._("Time left"), self._("{hours} h {minutes} min").format(
+            rows.append((_("Time left"), _("{hours} h {minutes} min").format(
                 hours=left // 3600, minutes=left % 3600 // 60)))
         return rows
 
@@ -448,14 +451,6 @@ class SlurmLabSpawner(SlurmSpawner):
         except SlurmError as exc:
             self.log.warning("Could not query job %s: %s", self.job_id, exc)
             return None
-        if job is not None and (job.pending or job.running) and self.starting and not self._spawn_pending:
-            # A start the hub lost in a restart: JupyterHub cannot resume it, so give the place back.
-            self.log.info("Cancelling job %s of %s: its start was interrupted by a hub restart", self.job_id,
-                          self.user.name)
-            await self.slurm.cancel(self.user.name, self.job_id)
-            self.last_end = {"job_id": self.job_id, "state": RESTARTED}
-            self.clear_state()
-            return 1
         if job is not None and (job.pending or job.running):
             self.job_status = f"{job.state} {job.node}".strip()
             return None
@@ -542,18 +537,19 @@ class SlurmLabSpawner(SlurmSpawner):
         """The user cancels this start (the hub then stops it): remember it for the home page."""
         self.last_end = {"job_id": self.job_id or "", "state": CANCELLED}
 
-    def end_message(self) -> str:
-        """Why the last session ended outside the lab, in the user's language, or ''."""
+    def end_message(self, lang: str | None = None) -> str:
+        """Why the last session ended outside the lab, in ``lang`` (default: the user's language), or ''."""
         if not self.last_end:
             return ""
+        _ = gettext_for(lang) if lang else self._
         if self.last_end.get("state") == CANCELLED:
-            return self._("You cancelled the start. Nothing runs for you now; start again whenever you like.")
+            return _("You cancelled the start. Nothing runs for you now; start again whenever you like.")
         if self.last_end.get("state") == RESTARTED:
-            return self._("Your last session (job {job}) was still starting when the lab restarted, so it was "
-                          "stopped and its place given back. Please start it again.").format(
+            return _("Your last session (job {job}) was still starting when the lab restarted, so it was "
+                     "stopped and its place given back. Please start it again.").format(
                 job=self.last_end.get("job_id", "?"))
-        return self._("Your last session (job {job}) was ended outside the lab: Slurm reports {state}. "
-                      "Your files are kept; the job log is in {log}.").format(
+        return _("Your last session (job {job}) was ended outside the lab: Slurm reports {state}. "
+                 "Your files are kept; the job log is in {log}.").format(
             job=self.last_end.get("job_id", "?"), state=self.last_end.get("state", "?"),
             log=f"~/{self.site['spawner'].get('job_log_dir', '.aifl/logs')}/session-{self.last_end.get('job_id')}.log")
 

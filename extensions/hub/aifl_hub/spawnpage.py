@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from jupyterhub import handlers
@@ -46,6 +47,11 @@ class CancelHandler(BaseHandler):
                 spawner.cancelled_by_user()
             if spawner._spawn_future and not spawner._spawn_future.done():
                 spawner._spawn_future.cancel()
+            # JupyterHub clears the pending flag once the interrupted start has unwound (as its API does).
+            for _attempt in range(50):
+                if spawner.pending != "spawn":
+                    break
+                await asyncio.sleep(0.1)
             await self.stop_single_user(user, spawner.name)
         self.redirect(url_path_join(self.hub.base_url, "home"))
 

@@ -3,6 +3,8 @@
 The server binds to the address of the node Slurm gave the job (not 0.0.0.0) on a free port. A
 background thread waits until that port accepts connections and only then posts
 ``{"port": N}`` to the hub, so the hub's first readiness check finds a running server.
+
+JupyterLab's language follows the hub's (``AIFL_LANG``): see :func:`language_environment`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import urlparse
+
+from .session import session_language
+
+LANGUAGE_CONFIG = Path(__file__).parent / "language"
 
 
 def node_address() -> str:
@@ -40,6 +48,18 @@ def serving(url: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def language_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """``JUPYTER_CONFIG_PATH`` that makes the session's language JupyterLab's default language.
+
+    The added directory holds ``labconfig/default_setting_overrides.json``, which changes only the
+    *default* of JupyterLab's language setting for this server process: a language the user picked
+    in JupyterLab (Settings → Language, kept in their user settings) still wins.
+    """
+    ours = str(LANGUAGE_CONFIG / session_language(env))
+    existing = [p for p in env.get("JUPYTER_CONFIG_PATH", "").split(os.pathsep) if p and p != ours]
+    return {"JUPYTER_CONFIG_PATH": os.pathsep.join([*existing, ours])}
 
 
 def report_port_when_listening(ip: str, port: int, prefix: str, timeout: float = 300) -> None:
@@ -79,6 +99,7 @@ def main() -> None:
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
     scheme = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://x")).scheme or "http"
     os.environ["JUPYTERHUB_SERVICE_URL"] = f"{scheme}://{ip}:{port}{prefix}"
+    os.environ.update(language_environment(os.environ))
     threading.Thread(target=report_port_when_listening, args=(ip, port, prefix), daemon=True).start()
     from jupyterhub.singleuser import main as singleuser_main
 
