@@ -58,3 +58,8 @@ def test_non_ascii_translations_are_decoded_as_utf8():
         "Your last session (job {job}) was ended outside the lab: Slurm reports {state}. "
         "Your files are kept; the job log is in {log}.")
     assert "beëindigd" in dutch
+
+
+def test_every_catalog_entry_is_still_used():
+    unused = sorted(m.id for m in DUTCH if m.id and m.id not in set(MESSAGES))
+    assert unused == []

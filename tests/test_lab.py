@@ -35,7 +35,7 @@ def test_second_up_changes_nothing_and_status_is_healthy(lab_system):
 
 @pytest.mark.parametrize(("text", "key", "problem"), [
     ("hub: [unclosed\n", "", "is not valid YAML"),
-    (None, "spawner.profiles[1].slurm_override.gpus", "-1 is less than the minimum of 0"),
+    (None, "spawner.profile_list[gpu-1].slurm_override.gpus", "-1 is less than the minimum of 0"),
 ])
 def test_broken_site_file_stops_up_and_changes_nothing(lab_system, tmp_path, text, key, problem):
     site = tmp_path / "site.yaml"

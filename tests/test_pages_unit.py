@@ -12,6 +12,7 @@ from aifl_hub import pages
 from aifl_hub.hubconfig import TEMPLATES, configure
 from aifl_hub.i18n import gettext_for
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader
+from jupyterhub import handlers
 from jupyterhub._data import DATA_FILES_PATH
 from jupyterhub.handlers.base import BaseHandler
 from nativeauthenticator.handlers import TEMPLATE_DIR as NATIVE_TEMPLATES
@@ -100,12 +101,12 @@ def test_configure_pages_installs_the_namespace_and_the_route(tmp_path):
     c = Config()
     configure(c, str(path))
     assert BaseHandler.template_namespace.fget is pages._template_namespace
-    assert (pages.LANGUAGE_ROUTE, pages.LanguageHandler) in c.JupyterHub.extra_handlers
+    assert (pages.LANGUAGE_ROUTE, pages.LanguageHandler) in handlers.default_handlers
     assert c.JupyterHub.tornado_settings[pages.DEFAULT_SETTING] == site["site"]["default_language"]
     assert "cookie_options" in c.JupyterHub.tornado_settings  # settings made before are kept
     configure(c, str(path))  # twice changes nothing
     assert BaseHandler.template_namespace.fget is pages._template_namespace
-    assert [h[0] for h in c.JupyterHub.extra_handlers].count(pages.LANGUAGE_ROUTE) == 1
+    assert [h[0] for h in handlers.default_handlers].count(pages.LANGUAGE_ROUTE) == 1
 
 
 def _environment() -> Environment:

@@ -62,7 +62,7 @@ def test_gpu_session_runs_as_the_user_with_one_gpu_and_is_accounted(hub, users):
     assert env.get("CUDA_VISIBLE_DEVICES", env["SLURM_JOB_GPUS"]).count(",") == 0
     assert "CONFIGPROXY_AUTH_TOKEN" not in env
     # The home page shows the session in plain words: profile, node, the GPU it got, time left.
-    home = browser.get(f"{BASE}/hub/home", timeout=10).content.decode()
+    home = browser.get(f"{BASE}/hub/home", headers={"Accept-Language": "en"}, timeout=10).content.decode()
     card = home[home.index('id="aifl-session"'):]
     for label, value in (("Profile", "One GPU for training a model"), ("Node", node), ("GPU", env["SLURM_JOB_GPUS"])):
         assert f'<dt class="col-5">{label}</dt><dd class="col-7">{value}</dd>' in card

@@ -42,7 +42,7 @@ def test_cards_say_what_you_get_how_soon_and_the_energy_in_dutch(hub, users):
     availability = re.search(r'id="availability-gpu-1">([^<]+)</p>', gpu).group(1)
     assert availability.strip()
     energy = html.unescape(re.sub(r"<[^>]+>", "", re.search(r'id="energy-gpu-1">(.*?)</p>', gpu).group(1)))
-    assert re.fullmatch(r"Ongeveer [0-9.]+ kWh voor 4 uur \(schatting\)", energy)
+    assert re.fullmatch(r"Ongeveer [0-9.,]+ kWh voor 4 uur \(schatting\)", energy)
     # The default profile is chosen; advanced options are folded away.
     assert re.search(r'id="profile-cpu-small" value="cpu-small"\s+aria-describedby="[^"]+" checked', text)
     assert "<summary>Meer opties</summary>" in gpu

@@ -20,6 +20,7 @@ from http.client import responses as HTTP_REASONS
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from jupyterhub import handlers
 from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.utils import url_path_join
 from nativeauthenticator import NativeAuthenticator
@@ -171,5 +172,7 @@ def configure_pages(c: Any, site: dict[str, Any]) -> None:
     default = site["site"].get("default_language", DEFAULT_LANGUAGE)
     settings = dict(c.JupyterHub.tornado_settings) if "tornado_settings" in c.JupyterHub else {}
     c.JupyterHub.tornado_settings = {**settings, DEFAULT_SETTING: default, OFFERED_SETTING: offered}
-    handlers = list(c.JupyterHub.extra_handlers) if "extra_handlers" in c.JupyterHub else []
-    c.JupyterHub.extra_handlers = [*(h for h in handlers if h[0] != LANGUAGE_ROUTE), (LANGUAGE_ROUTE, LanguageHandler)]
+    # Into JupyterHub's own page routes (extra_handlers is deprecated); replacing keeps it idempotent.
+    routes = handlers.default_handlers
+    routes[:] = [route for route in routes if route[0] != LANGUAGE_ROUTE]
+    routes.append((LANGUAGE_ROUTE, LanguageHandler))

@@ -19,6 +19,7 @@ What differs from stock batchspawner 1.3.0 (see the project notes):
 from __future__ import annotations
 
 import asyncio
+import os
 import pwd
 import time
 from datetime import datetime
@@ -29,6 +30,8 @@ from typing import Any
 
 from batchspawner import SlurmSpawner
 from jinja2 import Environment, PackageLoader, select_autoescape
+from jupyterhub import orm
+from jupyterhub.utils import hash_token
 from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import Bool, Dict, Float, List, Unicode, default
@@ -180,7 +183,7 @@ class SlurmLabSpawner(SlurmSpawner):
                             availability=await self._availability(profiles, lang),
                             kwh_per_hour=self._kwh_per_hour)
         return _templates.get_template("options_form.html").render(
-            cards=cards, form_error=state, _=gettext_for(lang), text=lambda value: text(value, lang))
+            cards=cards, form_error=state, lang=lang, _=gettext_for(lang), text=lambda value: text(value, lang))
 
     async def _availability(self, profiles: list[dict[str, Any]], lang: str) -> dict[str, tuple[str, str]]:
         """Each profile's availability line from Slurm: slug -> (state, words). One snapshot serves all users."""
@@ -295,6 +298,47 @@ class SlurmLabSpawner(SlurmSpawner):
         if session is not None:
             session.commit()
 
+    @property
+    def _starting_token_file(self) -> Path:
+        """Where the token of a job that is still starting is kept (0600, the hub's own state folder).
+
+        The job has its token from the moment it is submitted; a hub restarted before the job runs must
+        give the job's server that same token back (see :meth:`_take_up_interrupted_start`). The file is
+        removed once the start has finished, one way or another.
+        """
+        return Path(self.site["hub"]["state_dir"]) / "starting" / self.user.name
+
+    def _keep_starting_token(self) -> None:
+        folder = self._starting_token_file.parent
+        folder.mkdir(mode=0o700, exist_ok=True)
+        descriptor = os.open(self._starting_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(self.api_token)
+
+    def _forget_starting_token(self) -> None:
+        self._starting_token_file.unlink(missing_ok=True)
+
+    def _restore_token(self) -> bool:
+        """Give this start the token the interrupted start's job holds; False when it is not known."""
+        try:
+            token = self._starting_token_file.read_text().strip()
+        except OSError:
+            return False
+        if not token:
+            return False
+        db = self.orm_spawner and object_session(self.orm_spawner)
+        if db is not None:
+            fresh = orm.APIToken.find(db, self.api_token)  # made by JupyterHub for this start; not needed
+            if fresh is not None:
+                db.delete(fresh)
+            # The job's server proves itself to the hub's OAuth with its token as the client secret.
+            client = db.query(orm.OAuthClient).filter_by(identifier=self.oauth_client_id).one_or_none()
+            if client is not None:
+                client.secret = hash_token(token)
+            db.commit()
+        self.api_token = token
+        return True
+
     async def _take_up_interrupted_start(self) -> bool:
         """Re-attach to the job of a start that a hub restart interrupted, if it still waits or runs.
 
@@ -309,7 +353,11 @@ class SlurmLabSpawner(SlurmSpawner):
             job = await self.slurm.job(self.job_id)
         except SlurmError:
             job = None
-        if job is None or not (job.pending or job.running):
+        if job is None or not (job.pending or job.running) or not self._restore_token():
+            if job is not None and (job.pending or job.running):
+                self.log.warning("Job %s of %s cannot be taken up (its token is unknown): cancelling it",
+                                 self.job_id, self.user.name)
+                await self.slurm.cancel(self.user.name, self.job_id)
             self.job_id = ""
             return False
         self.submitted_at = float(resume.get("submitted_at", time.time()))
@@ -324,6 +372,7 @@ class SlurmLabSpawner(SlurmSpawner):
         if job_id:
             await self.slurm.cancel(self.user.name, job_id)
             self.last_end = {"job_id": job_id, "state": RESTARTED}
+        self._forget_starting_token()
         self.clear_state()
         self._save_state()
 
@@ -363,6 +412,7 @@ class SlurmLabSpawner(SlurmSpawner):
                 pass
         self.log.info("Job %s of %s serves on %s:%s", self.job_id, self.user.name, node, self.port)
         self.starting = False
+        self._forget_starting_token()
         await self._record_session(request.profile)
         return node, self.port
 
@@ -381,6 +431,7 @@ class SlurmLabSpawner(SlurmSpawner):
                 reason=reason)) from None
         # Saved at once, so that a restarted hub knows the job and takes this start up again (see .hubapp).
         self.starting = True
+        self._keep_starting_token()
         self._save_state()
         self.log.info("Submitted job %s for %s (profile %s)", self.job_id, self.user.name, request.profile)
 
@@ -462,6 +513,7 @@ class SlurmLabSpawner(SlurmSpawner):
 
     async def stop(self, now: bool = False) -> None:
         """Cancel the job; unless ``now``, wait (up to 5 s) until Slurm shows it gone."""
+        self._forget_starting_token()
         if not self.job_id:
             return
         self.log.info("Stopping job %s of %s", self.job_id, self.user.name)

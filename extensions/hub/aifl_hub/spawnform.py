@@ -12,6 +12,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from .energy import format_number
 from .i18n import gettext_for
 from .options import (
     UNLISTED,
@@ -88,9 +89,8 @@ def what_you_get(override: Mapping[str, Any], gpu_type: str, lang: str) -> str:
 def energy_line(kwh_per_hour: float, hours: int, lang: str) -> Markup:
     """"About 3.2 kWh for 4 hours (estimate)", with the numbers marked so the page can update them."""
     _ = gettext_for(lang)
-    total = kwh_per_hour * hours
     return escape(_("About {kwh} kWh for {hours} hours (estimate)")).format(
-        kwh=Markup('<span data-kwh="">{}</span>').format(f"{total:.1f}" if total < 10 else f"{total:.0f}"),
+        kwh=Markup('<span data-kwh="">{}</span>').format(format_number(kwh_per_hour * hours, lang)),
         hours=Markup('<span data-hours="">{}</span>').format(hours))
 
 
