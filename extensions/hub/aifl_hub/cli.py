@@ -109,6 +109,20 @@ def build_environment(repo: Path, site: Site, progress: Progress) -> None:
     stamp_file.write_text(stamp)
 
 
+def write_session_profiles(site: Site) -> None:
+    """Give the notebook environment the site's profiles (``etc/aifl/profiles.json``, readable by all).
+
+    Code inside a session (batch runs, Dask workers) offers the same profiles as the spawn page, with
+    the same names and limits. Only the profiles are written, nothing else of the site file.
+    """
+    prefix = Path(site["spawner"]["environments_dir"]) / site["spawner"]["environment"]
+    folder = prefix / "etc" / "aifl"
+    folder.mkdir(parents=True, exist_ok=True)
+    profiles = {"gpu_type": site["cluster"].get("gpu_nodes", {}).get("gpu_type", ""),
+                "profile_list": site["spawner"]["profile_list"]}
+    write_file(folder / "profiles.json", json.dumps(profiles, indent=1, ensure_ascii=False) + "\n", mode=0o644)
+
+
 def build_notebook_package(source: Path, prefix: Path, progress: Progress) -> Path:
     """Copy the notebook package to a build folder and build its JupyterLab extension there.
 
@@ -347,6 +361,7 @@ def cmd_up(repo: Path, site_path: Path) -> None:
         setup_accounts(repo, site, progress)
     with progress.step(f"Building the notebook environment '{site['spawner']['environment']}'"):
         build_environment(repo, site, progress)
+        write_session_profiles(site)
     with progress.step("Installing the web proxy"):
         proxy_main = install_proxy(progress)
     os.environ["AIFL_HUB_CONFIG"] = str(repo / "hub_config")
