@@ -59,14 +59,23 @@ class Hub:
         headers = {"Authorization": f"token {token or self.token}", **(headers or {})}
         return requests.request(method, f"{self.base}/hub/api{path}", headers=headers, timeout=60, **kw)
 
-    def new_user(self, prefix: str = "t") -> tuple[str, str]:
-        """Create a fresh user (and their Unix account); return (name, that user's own API token)."""
+    def new_user(self, prefix: str = "t", org: str | None = "umcg") -> tuple[str, str]:
+        """Create a fresh user (and their Unix account) in organisation ``org`` (None: none yet);
+        return (name, that user's own API token)."""
         name = f"{prefix}{secrets.token_hex(3)}"
         r = self.api("POST", f"/users/{name}")
         assert r.status_code == 201, r.text
+        if org:
+            self.join(name, org)
         r = self.api("POST", f"/users/{name}/tokens", json={"note": "tests", "expires_in": 3600})
         assert r.status_code == 201, r.text
         return name, r.json()["token"]
+
+    def join(self, name: str, org: str) -> None:
+        """Make ``name`` a member of organisation ``org`` (the hub group ``org-<org>``), as an admin confirms it."""
+        assert self.api("POST", f"/groups/org-{org}", json={}).status_code in (201, 409)
+        r = self.api("POST", f"/groups/org-{org}/users", json={"users": [name]})
+        assert r.status_code == 200, r.text
 
     def server(self, name: str) -> dict | None:
         return self.api("GET", f"/users/{name}").json()["servers"].get("")
@@ -147,16 +156,18 @@ def users(hub):
     """Make fresh users with ``users()``; their servers are stopped and the users removed afterwards."""
     made: list[str] = []
 
-    def make(prefix: str = "t") -> tuple[str, str]:
-        name, token = hub.new_user(prefix)
+    def make(prefix: str = "t", org: str | None = "umcg") -> tuple[str, str]:
+        name, token = hub.new_user(prefix, org)
         made.append(name)
         return name, token
 
-    def make_with_login(prefix: str = "w") -> tuple[str, str, requests.Session]:
-        """A user who signed up with a password, was approved and is logged in (cookie session)."""
+    def make_with_login(prefix: str = "w", org: str | None = "umcg") -> tuple[str, str, requests.Session]:
+        """A user who signed up with a password, was approved, is in ``org`` and is logged in (cookie session)."""
         name, password = f"{prefix}{secrets.token_hex(3)}", secrets.token_urlsafe(12)
         session = browser_session(name, password, signup=True)
         made.append(name)
+        if org:
+            hub.join(name, org)
         r = hub.api("POST", f"/users/{name}/tokens", json={"note": "tests", "expires_in": 3600})
         assert r.status_code == 201, r.text
         return name, r.json()["token"], session

@@ -236,6 +236,7 @@ def test_browser_signs_up_runs_a_gpu_notebook_and_stops_without_leaving_the_mach
         sign_up(page, name, password)
         approve(browser, log, name)
         log_in(page, name, password)
+        hub.join(name, "umcg")  # the administrator confirms the user's organisation
 
         spawn_gpu_session(page, name)
         output = run_in_new_notebook(page, CELL)
@@ -293,6 +294,7 @@ def test_browser_in_dutch_corrects_a_value_waits_in_the_queue_and_cancels(
             page.click("#signup_submit")
         approve(browser, log, name)
         log_in(page, name, password, next_path="/hub/spawn")
+        hub.join(name, "umcg")
         page.goto(f"{BASE}/hub/spawn")
         expect(page.locator("legend")).to_have_text("Wat heb je nodig?")
         shot(page, "spawn-page-nl")
@@ -310,7 +312,8 @@ def test_browser_in_dutch_corrects_a_value_waits_in_the_queue_and_cancels(
         shot(page, "spawn-page-nl-error")
         assert squeue_of(name) == []
         # Every GPU busy: the corrected request has to wait, and the page says why.
-        sbatch = ["runuser", "-u", name, "--", "sbatch", "--parsable", "-p", "gpu", "-A", "lab", "--gres=gpu:4",
+        slurm("sacctmgr", "-i", "add", "user", name, "account=umcg")
+        sbatch = ["runuser", "-u", name, "--", "sbatch", "--parsable", "-p", "gpu", "-A", "umcg", "--gres=gpu:4",
                   "-c", "1", "--mem=1G", "-t", "10", "-o", "/dev/null", "--chdir=/tmp", "--wrap", "sleep 600"]
         fillers = [slurm(*sbatch).strip() for _ in range(4)]
         deadline = time.monotonic() + 30

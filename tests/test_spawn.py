@@ -74,7 +74,7 @@ def test_gpu_session_runs_as_the_user_with_one_gpu_and_is_accounted(hub, users):
         if acct[2] != "Unknown" or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert acct[:3] == [name, "lab", "interactive"]
+    assert acct[:3] == [name, "umcg", "regional"]  # charged to the user's (regional) organisation
     assert "gres/gpu=1" in acct[3]
     # Stop cancels the job.
     assert hub.api("DELETE", f"/users/{name}/server", token=token).status_code in (202, 204)
@@ -158,7 +158,7 @@ def test_scancel_from_outside_is_noticed_and_explained(hub, users):
 
 
 def test_a_refused_submission_is_explained_in_plain_words(hub, users):
-    name, token = users()
+    name, token = users(org=None)
     slurm("sacctmgr", "-i", "delete", "user", name)  # no Slurm association: sbatch refuses the job
     r = hub.api("POST", f"/users/{name}/server", token=token, json={"user_options": {"profile": "cpu-small"}},
                 headers={"Accept-Language": "en"})
@@ -175,8 +175,10 @@ def waiting_session(hub, name: str, token: str) -> Iterator[str]:
 
     The sleeping jobs are cancelled afterwards.
     """
-    sbatch = ["runuser", "-u", name, "--", "sbatch", "--parsable", "-p", "gpu", "-A", "lab", "--gres=gpu:4", "-c", "1",
-              "--mem=1G", "-t", "10", "-o", "/dev/null", "--chdir=/tmp", "--wrap", "sleep 600"]
+    sbatch = ["runuser", "-u", name, "--", "sbatch", "--parsable", "-p", "gpu", "-A", "umcg", "--gres=gpu:4",
+              "-c", "1", "--mem=1G", "-t", "10", "-o", "/dev/null", "--chdir=/tmp", "--wrap", "sleep 600"]
+    if not slurm("sacctmgr", "-nP", "show", "assoc", f"user={name}", "account=umcg", "format=user").strip():
+        slurm("sacctmgr", "-i", "add", "user", name, "account=umcg")  # as the hub does at the first GPU start
     fillers = [slurm(*sbatch).strip() for _ in range(4)]
     try:
         deadline = time.monotonic() + 30
@@ -210,12 +212,16 @@ def test_waiting_session_shows_place_reason_and_can_be_cancelled(hub, users):
 
 
 @contextmanager
-def site_changed(tmp_path: Path, old: str, new: str) -> Iterator[None]:
-    """Run the lab with one line of the shipped site file changed; the shipped file is back afterwards."""
+def site_changed(tmp_path: Path, old: str, new: str, more: dict[str, str] | None = None) -> Iterator[None]:
+    """Run the lab with lines of the shipped site file changed (``old`` → ``new``, then ``more``);
+    the shipped file is back afterwards."""
     shipped = (Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml").read_text()
-    assert old in shipped
+    changed = shipped
+    for before, after in {old: new, **(more or {})}.items():
+        assert before in changed
+        changed = changed.replace(before, after, 1)
     site = tmp_path / "site.yaml"
-    site.write_text(shipped.replace(old, new))
+    site.write_text(changed)
     up = lab("--site", str(site), "up")
     assert up.returncode == 0, up.stderr[-2000:]
     try:

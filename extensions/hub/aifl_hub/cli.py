@@ -216,6 +216,8 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
     settings = {
         "group": group, "account": site["accounting"]["default_account"], "home_base": site["users"]["home_base"],
         "sacctmgr": f"{slurm_bin}/sacctmgr", "job_log_dir": site["spawner"].get("job_log_dir", ".aifl/logs"),
+        "accounts": [site["accounting"]["default_account"],
+                     *(org["name"] for org in site.get("organisations", {}).get("list", []))],
     }
     write_file(ETC / "mkuser.json", json.dumps(settings, indent=2) + "\n", mode=0o644)
     write_file(MKUSER, (Path(__file__).parent / "mkuser.py").read_text(), mode=0o755)

@@ -24,6 +24,7 @@ from typing import Any
 
 import jinja2
 
+from . import organisations
 from .procs import LabError, Progress, log_tail, ok, pid_alive, run, start_daemon, wait_ready, write_file
 from .site import Site
 
@@ -340,7 +341,8 @@ def _sacctmgr_rows(*args: str) -> list[list[str]]:
 def ensure_accounting(site: Site) -> None:
     """Create the cluster, the QOS and the accounts of the site (with descriptions); change nothing twice.
 
-    Each account may use every site QOS, with ``accounting.default_qos`` as its default.
+    Each account may use the QOS it lists (default: every site QOS), with ``accounting.default_qos`` as its
+    default, and at most ``max_gpus`` GPUs at once when it says so.
     """
     acct, cluster = site["accounting"], site["cluster"]["name"]
     if [cluster] not in _sacctmgr_rows("cluster", "format=cluster"):
@@ -358,13 +360,16 @@ def ensure_accounting(site: Site) -> None:
                      f"description={description}"])
     for account in acct["accounts"]:
         rows = _sacctmgr_rows("assoc", "where", f"cluster={cluster}", f"account={account['name']}",
-                              "format=user,qos,defaultqos")
+                              "format=user,qos,defaultqos,grptres")
         row = next((r for r in rows if r[0] == ""), None)
         if row is None:
             run(["sacctmgr", "-i", "add", "account", account["name"], f"cluster={cluster}"])
-        if row is None or set(row[1].split(",")) != set(qos_names) or row[2] != acct["default_qos"]:
+        allowed = account.get("qos", qos_names)
+        gpus = f"gres/gpu={account['max_gpus']}" if "max_gpus" in account else ""
+        if row is None or set(row[1].split(",")) != set(allowed) or row[2] != acct["default_qos"] or row[3] != gpus:
             run(["sacctmgr", "-i", "modify", "account", "where", f"name={account['name']}", f"cluster={cluster}",
-                 "set", f"qos={','.join(qos_names)}", f"defaultqos={acct['default_qos']}"])
+                 "set", f"qos={','.join(allowed)}", f"defaultqos={acct['default_qos']}",
+                 f"grptres={gpus or 'gres/gpu=-1'}"])
 
 
 # --- slurmd nodes ------------------------------------------------------------------------------------
@@ -445,6 +450,11 @@ def up(site: Site, progress: Progress) -> None:
     changed = _prepare(site, password, progress)
     _up_slurm_daemon("slurmdbd", DBD_PID, DBD_LOG, _dbd_answers, str(DBD_CONF) in changed, progress)
     ensure_accounting(site)  # before slurmctld first registers the cluster with slurmdbd
+    synced = organisations.sync(site)
+    if synced.commands:
+        progress.note(f"organisations and QOS: {len(synced.commands)} change(s) in Slurm's accounts")
+    for name in synced.left_over:
+        progress.note(f"account {name} is in Slurm but no longer in the site file: kept, with its history")
     slurm_changed = bool(changed & {str(SLURM_CONF), str(GRES_CONF)})
     _up_slurm_daemon("slurmctld", CTLD_PID, CTLD_LOG, _ctld_answers, slurm_changed, progress)
     _up_nodes(site, slurm_changed, progress)

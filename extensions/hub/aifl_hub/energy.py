@@ -24,13 +24,7 @@ from typing import Any, Literal
 
 from babel.numbers import format_decimal
 
-from .i18n import DEFAULT_LANGUAGE, LANGUAGES, gettext_for
-
-
-def N_(text: str) -> str:
-    """Mark ``text`` for the catalog without translating it here."""
-    return text
-
+from .i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, gettext_for
 
 SOURCE_LABELS = {"estimate": N_("estimate")}
 """How each kind of figure is labelled where it is shown."""

@@ -20,6 +20,11 @@ LANGUAGES = ("nl", "en")
 DEFAULT_LANGUAGE = "en"
 
 
+def N_(message: str) -> str:
+    """Mark ``message`` for the catalog; it is translated where it is shown."""
+    return message
+
+
 @cache
 def translations(lang: str) -> gettext.NullTranslations:
     """The catalog for ``lang`` (English and unknown languages get the source strings)."""

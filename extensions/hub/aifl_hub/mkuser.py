@@ -1,11 +1,13 @@
 #!/usr/bin/python3 -I
-"""aifl-mkuser NAME: create the Unix account and Slurm association of an approved lab user.
+"""aifl-mkuser NAME [ACCOUNT]: create the Unix account and Slurm association of an approved lab user.
 
 Installed as /usr/local/sbin/aifl-mkuser (root, 0755) by `lab up`; the hub's service account may
 run it through sudo and nothing else as root. It uses only the standard library and reads its
 settings from /etc/aifl/mkuser.json (root-owned), so the caller passes nothing but a user name,
-which must match a strict pattern. An existing account is accepted only if it is already in the
-lab's group (so no system account can be taken over). Exit codes: 0 done, 2 refused, 1 failed.
+which must match a strict pattern, and optionally the Slurm account of the user's organisation, which
+must be one the site file lists (it then becomes the user's default account). An existing account is
+accepted only if it is already in the lab's group (so no system account can be taken over). Exit
+codes: 0 done, 2 refused, 1 failed.
 """
 
 import grp
@@ -33,12 +35,16 @@ def run(argv: list[str]) -> subprocess.CompletedProcess:
 
 def main() -> None:
     """Create (or confirm) the account named on the command line."""
-    if len(sys.argv) != 2 or not NAME.match(sys.argv[1]):
-        refuse("usage: aifl-mkuser NAME (lower-case letters, digits, '-' and '_', starting with a letter)")
+    if len(sys.argv) not in (2, 3) or not NAME.match(sys.argv[1]):
+        refuse("usage: aifl-mkuser NAME [ACCOUNT] (lower-case letters, digits, '-' and '_', starting with a letter)")
     name = sys.argv[1]
     with open(SETTINGS) as fh:
         settings = json.load(fh)
     group, account = settings["group"], settings["account"]
+    if len(sys.argv) == 3:
+        if sys.argv[2] not in settings.get("accounts", []):
+            refuse(f"{sys.argv[2]!r} is not an organisation account of this site")
+        account = sys.argv[2]
     home_base, sacctmgr = settings["home_base"], settings["sacctmgr"]
     log_dir = settings["job_log_dir"]
     try:
@@ -60,6 +66,9 @@ def main() -> None:
     assoc = run([sacctmgr, "-n", "-P", "show", "assoc", f"user={name}", f"account={account}", "format=user"])
     if not assoc.stdout.strip():
         run([sacctmgr, "-i", "add", "user", name, f"account={account}", f"defaultaccount={account}"])
+    default = run([sacctmgr, "-n", "-P", "show", "user", name, "format=defaultaccount"]).stdout.strip()
+    if len(sys.argv) == 3 and default != account:
+        run([sacctmgr, "-i", "modify", "user", "where", f"name={name}", "set", f"defaultaccount={account}"])
     print(f"aifl-mkuser: {name} ready")
 
 

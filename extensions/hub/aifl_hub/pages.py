@@ -26,7 +26,7 @@ from jupyterhub.utils import url_path_join
 from nativeauthenticator import NativeAuthenticator
 from tornado import web
 
-from .i18n import DEFAULT_LANGUAGE, LANGUAGES, gettext_for, pick_language
+from .i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, gettext_for, pick_language
 from .spawner import LANG_COOKIE
 
 LANGUAGE_ROUTE = r"/language"
@@ -35,11 +35,6 @@ COOKIE_MAX_AGE = 365 * 24 * 3600
 # Keys in the tornado settings (set from the site file by configure_pages).
 DEFAULT_SETTING = "aifl_default_language"
 OFFERED_SETTING = "aifl_languages"
-
-
-def N_(message: str) -> str:
-    """Mark ``message`` for the catalog; it is translated when a page shows it."""
-    return message
 
 
 # Texts that reach the pages from code we do not own (HTTP reasons, NativeAuthenticator's messages).

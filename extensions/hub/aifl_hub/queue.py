@@ -8,15 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .i18n import gettext_for
+from .i18n import N_, gettext_for
 
 # squeue -h -t PENDING -p <partition> -o QUEUE_FORMAT
 QUEUE_FORMAT = "%i|%Q|%V|%r"
-
-
-def N_(text: str) -> str:
-    """Mark ``text`` for the catalog without translating it here."""
-    return text
 
 
 REASONS = {

@@ -37,7 +37,8 @@ def _key(path: Any, data: Any = None) -> str:
     out, node = "", data
     for part in path:
         if isinstance(part, int):
-            slug = node[part].get("slug") if isinstance(node, list) and isinstance(node[part], dict) else None
+            item = node[part] if isinstance(node, list) and isinstance(node[part], dict) else {}
+            slug = item.get("slug") or item.get("name")
             out += f"[{slug}]" if isinstance(slug, str) and slug else f"[{part}]"
         else:
             out += f".{part}" if out else str(part)
@@ -93,6 +94,40 @@ def _check_cross_keys(site: Site, path: Path | str) -> None:
                           qos, environments)
     if defaults > 1:
         raise SiteError(path, "spawner.profile_list", "more than one profile has default: true")
+    _check_organisations(site, path, accounts, qos)
+
+
+def _check_organisations(site: Site, path: Path | str, accounts: set[str], qos: set[str]) -> None:
+    for account in site["accounting"]["accounts"]:
+        allowed = account.get("qos", sorted(qos))
+        if not set(allowed) <= qos:
+            raise SiteError(path, f"accounting.accounts[{account['name']}].qos", "names a QOS not in accounting.qos")
+        if site["accounting"]["default_qos"] not in allowed:
+            raise SiteError(path, f"accounting.accounts[{account['name']}].qos", "must include accounting.default_qos")
+    for item in site["accounting"]["qos"]:
+        for other in item.get("preempts", []):
+            if other not in qos:
+                raise SiteError(path, f"accounting.qos[{item['name']}].preempts",
+                                f"'{other}' is not one of accounting.qos")
+    orgs = site.get("organisations")
+    if not orgs:
+        return
+    if orgs["over_budget_qos"] not in qos:
+        raise SiteError(path, "organisations.over_budget_qos", "is not one of accounting.qos")
+    for category, roles in orgs["categories"].items():
+        for role in ("session_qos", "batch_qos"):
+            if roles[role] not in qos:
+                raise SiteError(path, f"organisations.categories.{category}.{role}", "is not one of accounting.qos")
+    names: set[str] = set()
+    for org in orgs["list"]:
+        key = f"organisations.list[{org['name']}]"
+        if org["name"] in names:
+            raise SiteError(path, f"{key}.name", f"'{org['name']}' is listed more than once")
+        if org["name"] in accounts or org["name"] in ("regional", "national", "european", "training", "root"):
+            raise SiteError(path, f"{key}.name", f"'{org['name']}' is already the name of another Slurm account")
+        if org["category"] not in orgs["categories"]:
+            raise SiteError(path, f"{key}.category", f"'{org['category']}' has no entry in organisations.categories")
+        names.add(org["name"])
 
 
 def _check_override(site: Site, path: Path | str, key: str, override: dict[str, Any], partitions: set[str],

@@ -22,6 +22,7 @@ import asyncio
 import os
 import pwd
 import time
+from dataclasses import replace
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -38,8 +39,8 @@ from traitlets import Bool, Dict, Float, List, Unicode, default
 
 from .availability import ClusterWatch
 from .availability import describe as describe_availability
-from .energy import estimate_session
-from .i18n import gettext_for, pick_language
+from .energy import estimate_session, format_number
+from .i18n import N_, gettext_for, pick_language
 from .options import (
     FORM_PREFIX,
     OptionsError,
@@ -50,16 +51,22 @@ from .options import (
     text,
     validate_options,
 )
+from .organisations import NotAllowed, batch_qos, charge, month_gpu_hours, organisation_of
 from .queue import explain_reason, queue_place
 from .script import JobSpec, build_script
 from .site import Site, load_site
-from .slurm import JobInfo, SlurmClient, SlurmError, SlurmUnavailable
+from .slurm import JobInfo, SlurmClient, SlurmError, SlurmUnavailable, run_argv
 from .spawnform import FormState, build_cards
 
 LANG_COOKIE = "aifl-lang"
 RESTARTED = "RESTARTED"  # last_end state of a start that a hub restart interrupted
 CANCELLED = "CANCELLED_BY_USER"  # last_end state of a start the user cancelled
 PROGRESS = {"asking": 5, "queued": 20, "starting": 70}  # the spawn page's progress bar per phase
+MKUSER = "/usr/local/sbin/aifl-mkuser"
+NO_ORGANISATION = N_("GPU work needs an organisation, and your account is not linked to one yet. You can use "
+                     "'Try it out' now; ask the lab's administrator to confirm your organisation.")
+OVER_BUDGET_STOP = N_("Your organisation has used all its GPU hours for this month, so GPU work cannot start "
+                      "until the 1st. You can still use 'Try it out'.")
 _WATCHES: dict[str, ClusterWatch] = {}  # site file -> the cluster's cached availability snapshot
 _templates = Environment(loader=PackageLoader(__package__, "templates"), autoescape=select_autoescape())
 
@@ -159,12 +166,53 @@ class SlurmLabSpawner(SlurmSpawner):
         """The user's hub groups (they decide which profiles are open to the user)."""
         return [group.name for group in getattr(self.user, "groups", [])]
 
+    def organisation(self) -> dict[str, Any] | None:
+        """The user's organisation (hub group ``org-<name>``), or None before an administrator confirmed one."""
+        return organisation_of(self.site, self.groups)
+
+    async def organisation_usage(self) -> float | None:
+        """GPU-hours the user's organisation used this month (None: no organisation, or Slurm did not answer)."""
+        org = self.organisation()
+        if org is None:
+            return None
+        try:
+            return await month_gpu_hours(self.site["cluster"]["slurm_bin"], org["name"])
+        except SlurmError as exc:
+            self.log.warning("Could not read the GPU hours of %s: %s", org["name"], exc)
+            return None
+
+    async def charged(self, request: SessionRequest) -> SessionRequest:
+        """``request`` charged to the user's organisation (account and QOS); refused with a plain message."""
+        org = self.organisation()
+        used = await self.organisation_usage() if org and org.get("gpu_hours_per_month") is not None else None
+        profile = profiles_by_slug(self.site)[request.profile]
+        try:
+            where = charge(self.site, profile, request.gpus, org, used)
+        except NotAllowed as exc:
+            message = NO_ORGANISATION if exc.reason == "no_organisation" else OVER_BUDGET_STOP
+            raise SessionFailed(self._(message)) from None
+        if org is not None and where.account == org["name"]:
+            await self._ensure_association(org["name"])
+        return replace(request, account=where.account, qos=where.qos)
+
+    async def _ensure_association(self, account: str) -> None:
+        """The user may submit under ``account``: add the Slurm association through the account helper if not."""
+        sacctmgr = f"{self.site['cluster']['slurm_bin']}/sacctmgr"
+        have = await run_argv([sacctmgr, "-nP", "show", "assoc", f"user={self.user.name}", f"account={account}",
+                               "format=user"], timeout=30)
+        if not have.strip():
+            await run_argv([self.sudo, "-n", MKUSER, self.user.name, account], timeout=60)
+
     def check_user_options(self, options: Any, lang: str | None = None, handler: Any = None) -> SessionRequest:
         """Validate ``options``; raise HTTP 400 with a plain message (in the request's language) if not allowed."""
         if options is not None and not isinstance(options, dict):
             raise web.HTTPError(400, "user_options must be an object")
+        lang = lang or self._request_language(handler)
         try:
-            return validate_options(self.site, options, lang or self._request_language(handler), self.groups)
+            request = validate_options(self.site, options, lang, self.groups)
+            if request.gpus and "organisations" in self.site and self.organisation() is None:
+                raise OptionsError("profile", gettext_for(lang)(NO_ORGANISATION))
+            return request
         except OptionsError as exc:
             error = web.HTTPError(400, exc.message)
             error.jupyterhub_message = exc.message  # shown as it is on JupyterHub's spawn page
@@ -183,7 +231,32 @@ class SlurmLabSpawner(SlurmSpawner):
                             availability=await self._availability(profiles, lang),
                             kwh_per_hour=self._kwh_per_hour)
         return _templates.get_template("options_form.html").render(
-            cards=cards, form_error=state, lang=lang, _=gettext_for(lang), text=lambda value: text(value, lang))
+            cards=cards, form_error=state, lang=lang, _=gettext_for(lang), text=lambda value: text(value, lang),
+            organisation=await self.organisation_line(lang))
+
+    async def organisation_line(self, lang: str) -> tuple[str, str]:
+        """What the spawn page and the home page say about the user's organisation: (kind, words)."""
+        _ = gettext_for(lang)
+        if "organisations" not in self.site:
+            return ("", "")
+        org = self.organisation()
+        if org is None:
+            return ("warning", _(NO_ORGANISATION))
+        name = text(org["display_name"], lang)
+        budget = org.get("gpu_hours_per_month")
+        if budget is None:
+            return ("info", _("You work for {organisation}.").format(organisation=name))
+        used = await self.organisation_usage()
+        if used is None:
+            return ("info", _("You work for {organisation}; its GPU hours this month are not known right now.").format(
+                organisation=name))
+        words = _("You work for {organisation}, which used {used} of its {budget} GPU hours this month.").format(
+            organisation=name, used=format_number(used, lang), budget=budget)
+        if used < budget:
+            return ("info", words)
+        if self.site["organisations"]["over_budget"] == "stop":
+            return ("danger", words + " " + _(OVER_BUDGET_STOP))
+        return ("warning", words + " " + _("Its GPU sessions get a lower priority until the 1st."))
 
     async def _availability(self, profiles: list[dict[str, Any]], lang: str) -> dict[str, tuple[str, str]]:
         """Each profile's availability line from Slurm: slug -> (state, words). One snapshot serves all users."""
@@ -272,6 +345,11 @@ class SlurmLabSpawner(SlurmSpawner):
         # What the session's own warnings need: when Slurm asks it to save, and when an idle session is stopped.
         env["AIFL_SAVE_LEAD"] = str(self.site["spawner"].get("save_before_end", 600))
         env["AIFL_IDLE_TIMEOUT"] = str(self.site["spawner"].get("idle_timeout", 0))
+        # Batch work started from the session (notebook runs, Dask workers) is charged like this.
+        org = self.organisation()
+        if org is not None and "organisations" in self.site:
+            env["AIFL_ACCOUNT"] = org["name"]
+            env["AIFL_BATCH_QOS"] = batch_qos(self.site, org)
         return env
 
     def log_path(self) -> str:
@@ -385,6 +463,7 @@ class SlurmLabSpawner(SlurmSpawner):
         if not await self._take_up_interrupted_start():
             self.port = 0
             self.submitted_at = time.time()
+            request = self.session_request = await self.charged(request)
             await self._submit(request)
         node = ""
         # The queue limit counts from the request, also across a hub restart.
