@@ -115,14 +115,16 @@ class Hub:
         return jobs[0]
 
 
-def browser_session(name: str, password: str, *, signup: bool = False) -> requests.Session:
-    """A logged-in cookie session for ``name`` (signing up first, and approved by the admin, if ``signup``)."""
+def browser_session(name: str, password: str, *, signup: bool = False, organisation: str = "") -> requests.Session:
+    """A logged-in cookie session for ``name`` (signing up first — saying ``organisation`` — and approved by
+    the admin, if ``signup``)."""
     session = requests.Session()
     session.get(f"{BASE}/hub/login", timeout=10)
     xsrf = session.cookies.get("_xsrf", "")
     if signup:
         r = session.post(f"{BASE}/hub/signup", timeout=30, data={
-            "username": name, "signup_password": password, "signup_password_confirmation": password, "_xsrf": xsrf})
+            "username": name, "signup_password": password, "signup_password_confirmation": password, "_xsrf": xsrf,
+            "organisation": organisation})
         assert r.status_code == 200, r.text[-500:]
         admin_name, admin_password = (line.split(": ", 1)[1] for line in
                                       Path("/etc/aifl/admin-credentials").read_text().splitlines()[:2])

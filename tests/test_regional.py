@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import requests
 from aifl_hub.organisations import ACCOUNT_FORMAT, QOS_FORMAT, Current, parse_accounts, parse_qos, plan
 from aifl_hub.site import load_site
-from conftest import BASE, slurm
+from conftest import BASE, browser_session, remove_account, slurm
 from test_spawn import site_changed
 
 pytestmark = pytest.mark.cluster
@@ -130,3 +132,22 @@ def test_an_organisation_over_its_budget_is_handled_as_the_site_file_says(hub, u
         with jobs_cancelled_after([job]):
             wait_for(lambda: "GrpGRESMin" in states([job])[job][1] or "GrpTRESMin" in states([job])[job][1],
                      what="the budget limit as the reason", timeout=30)
+
+
+def test_the_organisation_asked_for_at_sign_up_is_confirmed_by_the_admin(hub):
+    name, password = f"o{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+    try:
+        user = browser_session(name, password, signup=True, organisation="noorderveld")  # the admin approves
+        assert "org-noorderveld" in hub.api("GET", f"/users/{name}").json()["groups"]
+        page = user.get(f"{BASE}/hub/spawn", headers={"Accept-Language": "nl"}, timeout=30).content.decode()
+        assert "Je werkt voor Coöperatie Noorderveld, die deze maand" in page
+        # A made-up organisation is refused and nothing is kept.
+        other = requests.Session()
+        other.get(f"{BASE}/hub/signup", timeout=10)
+        r = other.post(f"{BASE}/hub/signup", timeout=30, data={
+            "username": f"x{name}", "signup_password": password, "signup_password_confirmation": password,
+            "_xsrf": other.cookies.get("_xsrf", ""), "organisation": "evil-corp"})
+        assert r.status_code == 400
+    finally:
+        hub.api("DELETE", f"/users/{name}")
+        remove_account(name)

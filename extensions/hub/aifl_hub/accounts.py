@@ -7,15 +7,20 @@ the ``aifl-mkuser`` helper, run with ``sudo`` as an argv list.
 from __future__ import annotations
 
 import inspect
+from functools import cached_property
 
 from jupyterhub.auth import Authenticator
 from nativeauthenticator import NativeAuthenticator
-from nativeauthenticator.handlers import DiscardHandler, ToggleAuthorizationHandler
+from nativeauthenticator.handlers import DiscardHandler, SignUpHandler, ToggleAuthorizationHandler
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
+from nativeauthenticator.orm import UserInfo
 from oauthenticator.generic import GenericOAuthenticator
 from tornado import web
 from traitlets import Bool, List, Unicode
 
+from . import membership
+from .organisations import organisation
+from .site import Site, load_site
 from .slurm import SlurmError, run_argv
 
 USERNAME_PATTERN = r"^[a-z][a-z0-9_-]{0,30}$"
@@ -67,10 +72,36 @@ class LabLoginHandler(NativeLoginHandler):
     statsd = _NoStatsd()
 
 
-class PostOnlyToggleAuthorizationHandler(ToggleAuthorizationHandler):
-    """Approving or revoking a user changes state: only by an XSRF-checked POST, never by following a link."""
+class LabSignUpHandler(SignUpHandler):
+    """NativeAuthenticator's sign-up, which also asks for the person's organisation (an admin confirms it)."""
 
-    post = ToggleAuthorizationHandler.get
+    async def post(self) -> None:
+        """Keep the organisation asked for (a new sign-up only), then sign up as NativeAuthenticator does."""
+        site = self.authenticator.site
+        org = self.get_body_argument("organisation", "", strip=True)
+        if org and (site is None or organisation(site, org) is None):
+            raise web.HTTPError(400, "Unknown organisation")
+        name = self.authenticator.normalize_username(self.get_body_argument("username", "", strip=False))
+        if org and UserInfo.find(self.db, name) is None and self.authenticator.validate_username(name):
+            membership.request(site, name, org)
+        await super().post()
+
+
+class PostOnlyToggleAuthorizationHandler(ToggleAuthorizationHandler):
+    """Approving or revoking a user changes state: only by an XSRF-checked POST, never by following a link.
+
+    Approving also confirms the organisation the person asked for at sign-up.
+    """
+
+    async def post(self, slug: str) -> None:
+        """Toggle the approval; on approval, make the user a member of the organisation they asked for."""
+        await ToggleAuthorizationHandler.get(self, slug)
+        info = UserInfo.find(self.db, slug)
+        site = self.authenticator.site
+        if info is not None and info.is_authorized and site is not None and slug in membership.requested(site):
+            user = self.user_from_username(slug)
+            org = membership.confirm(site, self.db, user.orm_user)
+            self.log.info("%s approved %s as a member of %s", self.current_user.name, slug, org)
 
     async def get(self, slug: str) -> None:
         """Refuse: a link must not approve anyone."""
@@ -89,15 +120,23 @@ class PostOnlyDiscardHandler(DiscardHandler):
 
 _REPLACED_HANDLERS = {
     NativeLoginHandler: LabLoginHandler,
+    SignUpHandler: LabSignUpHandler,
     ToggleAuthorizationHandler: PostOnlyToggleAuthorizationHandler,
     DiscardHandler: PostOnlyDiscardHandler,
 }
 
 
 class LabNativeAuthenticator(LocalAccountsMixin, NativeAuthenticator):
-    """People sign up; an admin approves them; approved users get their accounts."""
+    """People sign up (with their organisation); an admin approves them; approved users get their accounts."""
 
     username_pattern = Unicode(USERNAME_PATTERN).tag(config=True)
+
+    site_file = Unicode("", help="The site file (organisations people choose from at sign-up).").tag(config=True)
+
+    @cached_property
+    def site(self) -> Site | None:
+        """The validated site file, if configured."""
+        return load_site(self.site_file) if self.site_file else None
 
     def get_handlers(self, app) -> list[tuple]:  # noqa: ANN001 - the JupyterHub application
         """NativeAuthenticator's pages: login working on JupyterHub 6, approvals only by POST."""

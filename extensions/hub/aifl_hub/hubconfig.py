@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import membership
 from .api import install_handlers
 from .pages import configure_pages
 from .site import load_site
@@ -54,8 +55,12 @@ def configure(c: Any, site_file: str) -> None:
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{PROXY_API_PORT}"
     c.JupyterHub.template_paths = [str(TEMPLATES)]
-    c.JupyterHub.template_vars = {"aifl_site_name": site["site"]["name"], "aifl_end_message": end_message,
-                                  "aifl_session": session_card}
+    c.JupyterHub.template_vars = {
+        "aifl_site_name": site["site"]["name"], "aifl_end_message": end_message, "aifl_session": session_card,
+        # Sign-up and approval pages: the organisations to choose from, and what each person asked for.
+        "aifl_organisations": [(o["name"], o["display_name"]) for o in site.get("organisations", {}).get("list", [])],
+        "aifl_requested_organisations": lambda user: membership.requested(site),
+    }
     c.JupyterHub.shutdown_on_logout = False
     c.JupyterHub.tornado_settings = {"cookie_options": {"SameSite": "Lax"}}
 
@@ -71,6 +76,7 @@ def configure(c: Any, site_file: str) -> None:
         c.Authenticator.allow_all = True
         c.JupyterHub.authenticator_class = "aifl_hub.accounts.LabNativeAuthenticator"
         c.LabNativeAuthenticator.create_local_accounts = users["create_local_accounts"]
+        c.LabNativeAuthenticator.site_file = site_file
         c.LabNativeAuthenticator.minimum_password_length = auth.get("minimum_password_length", 10)
         c.LabNativeAuthenticator.check_common_password = True
         c.LabNativeAuthenticator.allowed_failed_logins = 5

@@ -345,6 +345,8 @@ class SlurmLabSpawner(SlurmSpawner):
         # What the session's own warnings need: when Slurm asks it to save, and when an idle session is stopped.
         env["AIFL_SAVE_LEAD"] = str(self.site["spawner"].get("save_before_end", 600))
         env["AIFL_IDLE_TIMEOUT"] = str(self.site["spawner"].get("idle_timeout", 0))
+        if self.session_request is not None:
+            env["AIFL_PROFILE"] = self.session_request.profile
         # Batch work started from the session (notebook runs, Dask workers) is charged like this.
         org = self.organisation()
         if org is not None and "organisations" in self.site:
