@@ -60,9 +60,10 @@ def test_reservation_and_save_signal():
 
 
 @pytest.mark.parametrize("field", ["partition", "account", "qos", "reservation"])
-def test_unsafe_request_values_never_reach_the_script(field):
+@pytest.mark.parametrize("value", ["x\n#SBATCH --uid=0", "lab\n", "a b"])
+def test_unsafe_request_values_never_reach_the_script(field, value):
     request = validate_options(SITE, {})
-    bad = SessionRequest(**{**request.__dict__, field: "x\n#SBATCH --uid=0"})
+    bad = SessionRequest(**{**request.__dict__, field: value})
     with pytest.raises(ScriptError):
         build_script(bad, JOB)
 

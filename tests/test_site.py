@@ -70,6 +70,8 @@ def _hours(site, slug):
     (lambda s: s["spawner"].update(job_log_dir="../../etc"), "spawner.job_log_dir", "does not match"),
     (lambda s: s["cluster"].pop("gpu_nodes"), "cluster.gpu_nodes", "embedded"),
     (lambda s: s["energy"].update(pue=0.5), "energy.pue", "minimum"),
+    (lambda s: _profile(s, "gpu-1")["slurm_override"].update(partition="gpu\n"),
+     "spawner.profile_list[gpu-1].slurm_override.partition", "line break"),
 ])
 def test_broken_site_names_key_and_problem(site, mutate, key, words):
     broken = copy.deepcopy(site)

@@ -416,7 +416,7 @@ class ClusterWatch:
     def __init__(self, bin_dir: str, partitions: Iterable[str], *, ttl: float = 5, timeout: float = 5,
                  clock: Callable[[], datetime] = datetime.now, runner: Runner | None = None) -> None:
         self.partitions = tuple(dict.fromkeys(partitions))
-        if not self.partitions or not all(_PARTITION.match(p) for p in self.partitions):
+        if not self.partitions or not all(_PARTITION.fullmatch(p) for p in self.partitions):
             raise ValueError(f"not a list of partition names: {self.partitions!r}")
         self.bin_dir, self.ttl, self.clock = bin_dir, ttl, clock
         self._run: Runner = runner or (lambda argv: run_argv(argv, timeout=timeout))

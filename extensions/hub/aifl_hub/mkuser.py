@@ -35,7 +35,7 @@ def run(argv: list[str]) -> subprocess.CompletedProcess:
 
 def main() -> None:
     """Create (or confirm) the account named on the command line."""
-    if len(sys.argv) not in (2, 3) or not NAME.match(sys.argv[1]):
+    if len(sys.argv) not in (2, 3) or not NAME.fullmatch(sys.argv[1]):
         refuse("usage: aifl-mkuser NAME [ACCOUNT] (lower-case letters, digits, '-' and '_', starting with a letter)")
     name = sys.argv[1]
     with open(SETTINGS) as fh:

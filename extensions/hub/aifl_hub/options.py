@@ -145,7 +145,7 @@ def validate_options(site: Site, options: Mapping[str, Any] | None, lang: str = 
         slug = _single(options.pop("profile", fallback["slug"] if fallback else None))
     except TypeError:
         slug = None
-    if not isinstance(slug, str) or not _SLUG.match(slug) or slug not in profiles:
+    if not isinstance(slug, str) or not _SLUG.fullmatch(slug) or slug not in profiles:
         if not profiles:
             raise OptionsError("profile", _("No profile is open to you. Ask the lab's administrator."))
         raise OptionsError("profile", _("Choose one of the offered profiles: {choices}.").format(
@@ -188,7 +188,7 @@ def _number(options: Mapping[str, Any], key: str, label: str, bounds: Mapping[st
     except TypeError:
         raw = None
     if isinstance(raw, bool) or not (
-        (isinstance(raw, int) and 0 <= raw <= 99999) or (isinstance(raw, str) and _INT.match(raw.strip()))
+        (isinstance(raw, int) and 0 <= raw <= 99999) or (isinstance(raw, str) and _INT.fullmatch(raw.strip()))
     ):
         raise OptionsError(key, _("{label}: give a whole number from {low} to {high}.").format(
             label=label, low=low, high=high))

@@ -40,7 +40,7 @@ class JobSpec:
 
 
 def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ScriptError(f"{what} {value!r} is not allowed in a batch script")
     return value
 

@@ -56,8 +56,21 @@ def validate_site(data: Any, path: Path | str = "site.yaml") -> Site:
     if errors:
         err = errors[0]
         raise SiteError(path, _key(err.absolute_path, data), err.message)
+    _check_control_characters(data, data, [], path)
     _check_cross_keys(data, path)
     return data
+
+
+def _check_control_characters(root: Any, node: Any, where: list[Any], path: Path | str) -> None:
+    """No value may hold a line break or another control character (a pattern's ``$`` lets one through)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_control_characters(root, value, [*where, key], path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_control_characters(root, value, [*where, i], path)
+    elif isinstance(node, str) and any(ord(c) < 32 or ord(c) == 127 for c in node):
+        raise SiteError(path, _key(where, root), "contains a line break or another control character")
 
 
 def _check_cross_keys(site: Site, path: Path | str) -> None:

@@ -119,7 +119,7 @@ class SlurmClient:
         return str(Path(self.bin_dir) / name)
 
     def _as_user(self, user: str, argv: list[str]) -> list[str]:
-        if not _USER.match(user):
+        if not _USER.fullmatch(user):
             raise ValueError(f"not a valid user name: {user!r}")
         return [self.sudo, "-n", "-u", user, "--", *argv]
 
@@ -128,13 +128,13 @@ class SlurmClient:
         argv = self._as_user(user, [self._bin("sbatch"), "--parsable"])
         out = await run_argv(argv, input=script, env=env)
         job_id = out.strip().splitlines()[-1].split(";")[0] if out.strip() else ""
-        if not _JOB_ID.match(job_id):
+        if not _JOB_ID.fullmatch(job_id):
             raise SlurmError(argv, 0, f"sbatch gave no job id: {out.strip()[:200]}")
         return job_id
 
     async def job(self, job_id: str) -> JobInfo | None:
         """The job's state, node and reason; ``None`` when Slurm no longer knows the job."""
-        if not _JOB_ID.match(job_id):
+        if not _JOB_ID.fullmatch(job_id):
             raise ValueError(f"not a job id: {job_id!r}")
         argv = [self._bin("squeue"), "-h", "-t", "all", "-j", job_id, "-o", "%i|%T|%B|%r"]
         try:
@@ -154,13 +154,13 @@ class SlurmClient:
 
     async def pending_in_partition(self, partition: str) -> str:
         """Raw ``squeue`` lines (:data:`.queue.QUEUE_FORMAT`) of the pending jobs in ``partition``."""
-        if not _NAME.match(partition):
+        if not _NAME.fullmatch(partition):
             raise ValueError(f"not a partition name: {partition!r}")
         return await run_argv([self._bin("squeue"), "-h", "-t", "PENDING", "-p", partition, "-o", QUEUE_FORMAT])
 
     async def expected_start(self, job_id: str) -> datetime | None:
         """Slurm's estimate of when a pending job starts (``squeue --start``), if it has one."""
-        if not _JOB_ID.match(job_id):
+        if not _JOB_ID.fullmatch(job_id):
             raise ValueError(f"not a job id: {job_id!r}")
         out = (await run_argv([self._bin("squeue"), "--start", "-h", "-j", job_id, "-o", "%S"])).strip()
         try:
@@ -170,13 +170,13 @@ class SlurmClient:
 
     async def allocation(self, job_id: str) -> Allocation | None:
         """Node, GPU indices and end time of a running job (``scontrol show job -d``)."""
-        if not _JOB_ID.match(job_id):
+        if not _JOB_ID.fullmatch(job_id):
             raise ValueError(f"not a job id: {job_id!r}")
         return parse_allocation(await run_argv([self._bin("scontrol"), "show", "job", "-d", job_id]))
 
     async def cancel(self, user: str, job_id: str) -> None:
         """Cancel ``job_id`` as ``user`` (a job that already ended is not an error)."""
-        if not _JOB_ID.match(job_id):
+        if not _JOB_ID.fullmatch(job_id):
             raise ValueError(f"not a job id: {job_id!r}")
         try:
             await run_argv(self._as_user(user, [self._bin("scancel"), job_id]))
