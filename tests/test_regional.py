@@ -141,6 +141,12 @@ def test_the_organisation_asked_for_at_sign_up_is_confirmed_by_the_admin(hub):
         assert "org-noorderveld" in hub.api("GET", f"/users/{name}").json()["groups"]
         page = user.get(f"{BASE}/hub/spawn", headers={"Accept-Language": "nl"}, timeout=30).content.decode()
         assert "Je werkt voor Coöperatie Noorderveld, die deze maand" in page
+        # The home page says it too (from the facility figures, refreshed in the background).
+        deadline, home = time.monotonic() + 30, ""
+        while 'id="aifl-org-usage"' not in home and time.monotonic() < deadline:
+            home = user.get(f"{BASE}/hub/home", headers={"Accept-Language": "en"}, timeout=30).content.decode()
+            time.sleep(1)
+        assert "Your organisation, Noorderveld farmers&#39; co-operative, used" in home
         # A made-up organisation is refused and nothing is kept.
         other = requests.Session()
         other.get(f"{BASE}/hub/signup", timeout=10)

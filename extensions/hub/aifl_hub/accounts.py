@@ -102,6 +102,9 @@ class PostOnlyToggleAuthorizationHandler(ToggleAuthorizationHandler):
             user = self.user_from_username(slug)
             org = membership.confirm(site, self.db, user.orm_user)
             self.log.info("%s approved %s as a member of %s", self.current_user.name, slug, org)
+            if org and self.authenticator.create_local_accounts:
+                # The Unix account and the Slurm association under the organisation's account, at once.
+                await run_argv([*self.authenticator.mkuser_command, slug, org], timeout=60)
 
     async def get(self, slug: str) -> None:
         """Refuse: a link must not approve anyone."""

@@ -9,8 +9,10 @@ from typing import Any
 
 from . import membership
 from .api import install_handlers
+from .facility import Facility, FacilityCache
+from .organisations import organisation_of
 from .pages import configure_pages
-from .site import load_site
+from .site import Site, load_site
 from .spawnpage import install_page_handlers
 
 TEMPLATES = Path(__file__).parent / "templates" / "hub"
@@ -34,6 +36,12 @@ def session_card(user: Any) -> Callable[[str], list[tuple[str, str]]]:
     return spawner.session_card
 
 
+def org_name(site: Site, user: Any) -> str | None:
+    """The name of the user's organisation (their hub group ``org-<name>``), or None."""
+    org = organisation_of(site, [group.name for group in getattr(user, "groups", [])]) if user else None
+    return org["name"] if org else None
+
+
 def configure(c: Any, site_file: str) -> None:
     """Apply the site file at ``site_file`` to the JupyterHub config object ``c``."""
     site = load_site(site_file)
@@ -55,11 +63,14 @@ def configure(c: Any, site_file: str) -> None:
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{PROXY_API_PORT}"
     c.JupyterHub.template_paths = [str(TEMPLATES)]
+    usage = FacilityCache(Facility(site), ttl=60)
     c.JupyterHub.template_vars = {
         "aifl_site_name": site["site"]["name"], "aifl_end_message": end_message, "aifl_session": session_card,
         # Sign-up and approval pages: the organisations to choose from, and what each person asked for.
         "aifl_organisations": [(o["name"], o["display_name"]) for o in site.get("organisations", {}).get("list", [])],
         "aifl_requested_organisations": lambda user: membership.requested(site),
+        # The home page: the user's organisation's GPU hours this month (from Slurm, at most a minute old).
+        "aifl_org_usage": lambda user: (lambda lang: usage.usage_line(user.name, lang, org_name(site, user))),
     }
     c.JupyterHub.shutdown_on_logout = False
     c.JupyterHub.tornado_settings = {"cookie_options": {"SameSite": "Lax"}}
@@ -114,6 +125,10 @@ def configure(c: Any, site_file: str) -> None:
             sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={idle}", f"--cull-every={max(10, idle // 6)}"]})
         roles.append({"name": "idle-culler", "services": ["idle-culler"],
                       "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]})
+    # The facility page (GPU-hours by category against the regional promise), for every logged-in user.
+    services.append({"name": "facility", "url": "http://127.0.0.1:8082", "display": True, "oauth_no_confirm": True,
+                     "command": [sys.executable, "-m", "aifl_hub.facility_service", f"--site-file={site_file}"]})
+    roles.append({"name": "user", "scopes": ["self", "access:services!service=facility"]})
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
     configure_pages(c, site)

@@ -342,6 +342,8 @@ class SlurmLabSpawner(SlurmSpawner):
         env["PATH"] = ":".join([str(self.environment_prefix(environment) / "bin"), *self.extra_path])
         env.setdefault("LANG", "C.UTF-8")
         env["AIFL_LANG"] = self.lang or self.site["site"].get("default_language", "en")
+        # Dask reads the site's settings from the environment (jobqueue.yaml) and writes none into homes.
+        env["DASK_CONFIG"] = str(self.environment_prefix(environment) / "etc" / "dask")
         # What the session's own warnings need: when Slurm asks it to save, and when an idle session is stopped.
         env["AIFL_SAVE_LEAD"] = str(self.site["spawner"].get("save_before_end", 600))
         env["AIFL_IDLE_TIMEOUT"] = str(self.site["spawner"].get("idle_timeout", 0))
