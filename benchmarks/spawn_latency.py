@@ -165,12 +165,18 @@ class Site:
         data = yaml.safe_load(path.read_text())
         gpu_type = data["cluster"].get("gpu_nodes", {}).get("gpu_type", "")
         resources = {}
-        for profile in data["spawner"]["profiles"]:
+        profiles = data["spawner"]["profile_list"]
+        for profile in profiles:
             o = profile["slurm_override"]
             resources[profile["slug"]] = Resources(profile["slug"], o["partition"], o["cpus"], o["memory_gb"],
                                                    o["gpus"], o["hours"], gpu_type)
-        return cls(resources, data["spawner"]["default_profile"], data["accounting"]["default_account"],
-                   data["accounting"]["default_qos"], data["spawner"].get("job_log_dir", ".aifl/logs"),
+        default = next((p for p in profiles if p.get("default")), profiles[0])["slug"]
+        # Both hubs charge the benchmark users to the same organisation (GPU work needs one).
+        orgs = data.get("organisations")
+        org = orgs["list"][0] if orgs and orgs["list"] else None
+        account = org["name"] if org else data["accounting"]["default_account"]
+        qos = orgs["categories"][org["category"]]["session_qos"] if org else data["accounting"]["default_qos"]
+        return cls(resources, default, account, qos, data["spawner"].get("job_log_dir", ".aifl/logs"),
                    data["site"].get("default_language", "en"))
 
 
@@ -243,6 +249,13 @@ class Hub:
         if r.status_code != 201:
             raise BenchError(f"{self.label}: token for {name} failed: HTTP {r.status_code} {r.text[:300]}")
         return str(r.json()["token"])
+
+    def join(self, name: str, org: str) -> None:
+        """Make ``name`` a member of organisation ``org`` (the hub group ``org-<org>``)."""
+        self.api("POST", f"/groups/org-{org}", json={})
+        r = self.api("POST", f"/groups/org-{org}/users", json={"users": [name]})
+        if r.status_code != 200:
+            raise BenchError(f"{self.label}: adding {name} to org-{org} failed: HTTP {r.status_code} {r.text[:300]}")
 
     def server(self, name: str) -> dict[str, Any] | None:
         r = self.api("GET", f"/users/{name}")
@@ -841,6 +854,9 @@ class Bench:
         cancel_jobs_of(self.users)
         for name in self.users:
             self.main_tokens[name] = self.main.ensure_user(name)
+            self.main.join(name, self.site.account)
+            subprocess.run(["sacctmgr", "-i", "add", "user", name, f"account={self.site.account}"],
+                           capture_output=True, check=False, timeout=60)
         self.workdir = Path(tempfile.mkdtemp(prefix="aifl-spawn-bench-"))
         self.workdir.chmod(0o755)  # job users read the venv in it; the hub's files are in a 0700 subfolder
         single = self.site.resources[self.site.default_profile]

@@ -25,7 +25,7 @@ from typing import Any
 import jinja2
 
 from . import organisations
-from .procs import LabError, Progress, log_tail, ok, pid_alive, run, start_daemon, wait_ready, write_file
+from .procs import LabError, Progress, log_tail, ok, pid_alive, run, start_daemon, wait_for, wait_ready, write_file
 from .site import Site
 
 SLURM_ETC = Path("/etc/slurm")
@@ -332,6 +332,11 @@ def _up_slurm_daemon(name: str, pid_file: Path, log: Path, check: Callable[[], b
     progress.note(f"{name} started (pid {_daemon_pid(pid_file, name)}) in {time.monotonic() - start:.1f} s")
 
 
+def _gpu_tres_known() -> bool:
+    """True once slurmctld has registered the GPU TRES with slurmdbd (limits on GPUs need it)."""
+    return any(row[:2] == ["gres", "gpu"] for row in _sacctmgr_rows("tres", "format=type,name"))
+
+
 def _sacctmgr_rows(*args: str) -> list[list[str]]:
     """``sacctmgr -n -P show ARGS`` split into rows of fields."""
     out = run(["sacctmgr", "-n", "-P", "show", *args], timeout=30).stdout
@@ -360,16 +365,35 @@ def ensure_accounting(site: Site) -> None:
                      f"description={description}"])
     for account in acct["accounts"]:
         rows = _sacctmgr_rows("assoc", "where", f"cluster={cluster}", f"account={account['name']}",
-                              "format=user,qos,defaultqos,grptres")
+                              "format=user,qos,defaultqos")
         row = next((r for r in rows if r[0] == ""), None)
         if row is None:
             run(["sacctmgr", "-i", "add", "account", account["name"], f"cluster={cluster}"])
         allowed = account.get("qos", qos_names)
-        gpus = f"gres/gpu={account['max_gpus']}" if "max_gpus" in account else ""
-        if row is None or set(row[1].split(",")) != set(allowed) or row[2] != acct["default_qos"] or row[3] != gpus:
+        if row is None or set(row[1].split(",")) != set(allowed) or row[2] != acct["default_qos"]:
             run(["sacctmgr", "-i", "modify", "account", "where", f"name={account['name']}", f"cluster={cluster}",
-                 "set", f"qos={','.join(allowed)}", f"defaultqos={acct['default_qos']}",
-                 f"grptres={gpus or 'gres/gpu=-1'}"])
+                 "set", f"qos={','.join(allowed)}", f"defaultqos={acct['default_qos']}"])
+
+
+def ensure_gpu_limits(site: Site, progress: Progress) -> None:
+    """GPU limits of accounts and QOS, and the organisations (slurmdbd knows GPUs once slurmctld registered).
+
+    ``accounting.accounts[].max_gpus`` caps an account; :func:`organisations.sync` does the rest.
+    """
+    cluster = site["cluster"]["name"]
+    for account in site["accounting"]["accounts"]:
+        rows = _sacctmgr_rows("assoc", "where", f"cluster={cluster}", f"account={account['name']}",
+                              "format=user,grptres")
+        have = next((r[1] for r in rows if r[0] == ""), "")
+        gpus = f"gres/gpu={account['max_gpus']}" if "max_gpus" in account else ""
+        if have != gpus:
+            run(["sacctmgr", "-i", "modify", "account", "where", f"name={account['name']}", f"cluster={cluster}",
+                 "set", f"grptres={gpus or 'gres/gpu=-1'}"])
+    synced = organisations.sync(site)
+    if synced.commands:
+        progress.note(f"organisations and QOS: {len(synced.commands)} change(s) in Slurm's accounts")
+    for name in synced.left_over:
+        progress.note(f"account {name} is in Slurm but no longer in the site file: kept, with its history")
 
 
 # --- slurmd nodes ------------------------------------------------------------------------------------
@@ -450,13 +474,10 @@ def up(site: Site, progress: Progress) -> None:
     changed = _prepare(site, password, progress)
     _up_slurm_daemon("slurmdbd", DBD_PID, DBD_LOG, _dbd_answers, str(DBD_CONF) in changed, progress)
     ensure_accounting(site)  # before slurmctld first registers the cluster with slurmdbd
-    synced = organisations.sync(site)
-    if synced.commands:
-        progress.note(f"organisations and QOS: {len(synced.commands)} change(s) in Slurm's accounts")
-    for name in synced.left_over:
-        progress.note(f"account {name} is in Slurm but no longer in the site file: kept, with its history")
     slurm_changed = bool(changed & {str(SLURM_CONF), str(GRES_CONF)})
     _up_slurm_daemon("slurmctld", CTLD_PID, CTLD_LOG, _ctld_answers, slurm_changed, progress)
+    wait_for(_gpu_tres_known, what="slurmdbd's GPU accounting", timeout=60, log=CTLD_LOG)
+    ensure_gpu_limits(site, progress)
     _up_nodes(site, slurm_changed, progress)
 
 
