@@ -68,6 +68,10 @@ NO_ORGANISATION = N_("GPU work needs an organisation, and your account is not li
 OVER_BUDGET_STOP = N_("Your organisation has used all its GPU hours for this month, so GPU work cannot start "
                       "until the 1st. You can still use 'Try it out'.")
 _WATCHES: dict[str, ClusterWatch] = {}  # site file -> the cluster's cached availability snapshot
+# Kept for the hub process, so that a start asks Slurm's accounting as little as possible:
+USAGE_TTL = 60.0  # seconds an organisation's GPU hours of this month are reused
+_USAGE: dict[str, tuple[float, float]] = {}  # organisation -> (when read, GPU hours this month)
+_ASSOCIATED: set[tuple[str, str]] = set()  # (user, account) pairs known to have a Slurm association
 _templates = Environment(loader=PackageLoader(__package__, "templates"), autoescape=select_autoescape())
 
 
@@ -175,11 +179,16 @@ class SlurmLabSpawner(SlurmSpawner):
         org = self.organisation()
         if org is None:
             return None
+        cached = _USAGE.get(org["name"])
+        if cached is not None and time.monotonic() - cached[0] < USAGE_TTL:
+            return cached[1]
         try:
-            return await month_gpu_hours(self.site["cluster"]["slurm_bin"], org["name"])
+            used = await month_gpu_hours(self.site["cluster"]["slurm_bin"], org["name"])
         except SlurmError as exc:
             self.log.warning("Could not read the GPU hours of %s: %s", org["name"], exc)
             return None
+        _USAGE[org["name"]] = (time.monotonic(), used)
+        return used
 
     async def charged(self, request: SessionRequest) -> SessionRequest:
         """``request`` charged to the user's organisation (account and QOS); refused with a plain message."""
@@ -197,11 +206,14 @@ class SlurmLabSpawner(SlurmSpawner):
 
     async def _ensure_association(self, account: str) -> None:
         """The user may submit under ``account``: add the Slurm association through the account helper if not."""
+        if (self.user.name, account) in _ASSOCIATED:
+            return
         sacctmgr = f"{self.site['cluster']['slurm_bin']}/sacctmgr"
         have = await run_argv([sacctmgr, "-nP", "show", "assoc", f"user={self.user.name}", f"account={account}",
                                "format=user"], timeout=30)
         if not have.strip():
             await run_argv([self.sudo, "-n", MKUSER, self.user.name, account], timeout=60)
+        _ASSOCIATED.add((self.user.name, account))
 
     def check_user_options(self, options: Any, lang: str | None = None, handler: Any = None) -> SessionRequest:
         """Validate ``options``; raise HTTP 400 with a plain message (in the request's language) if not allowed."""
