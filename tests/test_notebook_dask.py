@@ -625,4 +625,7 @@ def test_the_widget_and_the_end_of_the_session_cancels_its_workers(hub, users) -
     assert hub.api("DELETE", f"/users/{name}/server", token=token).status_code in (202, 204)
     hub.wait_gone(name)
     assert wait_no_workers(name, timeout=30) < 30
-    assert all(state.startswith("CANCELLED") for state in final_states(jobs))
+    # Cancelled by the ending kernel, or ended by themselves once their scheduler was gone (whichever
+    # came first): either way no worker outlives the session.
+    states = final_states(jobs)
+    assert all(state.startswith(("CANCELLED", "COMPLETED")) for state in states), states
