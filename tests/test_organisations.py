@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from aifl_hub.facility import gpu_hours_in, parse_sacct
 from aifl_hub.organisations import (
     Current,
     NotAllowed,
     account_settings,
     charge,
-    gpu_hours,
     organisation,
     organisation_of,
     parse_accounts,
@@ -101,11 +101,14 @@ def test_gpu_work_needs_an_organisation_and_budgets_apply_as_configured():
 
 def test_gpu_hours_count_only_the_part_inside_the_period():
     since, until = datetime(2026, 11, 1), datetime(2026, 11, 25, 12)
-    sacct = ("billing=4,cpu=4,gres/gpu=2,mem=8G,node=1|2026-10-31T23:00:00|2026-11-01T02:00:00\n"
-             "billing=1,cpu=1,mem=1G,node=1|2026-11-02T00:00:00|2026-11-02T05:00:00\n"
-             "cpu=1,gres/gpu:h200=1,gres/gpu=1|2026-11-25T10:00:00|Unknown\n"
-             "cpu=1,gres/gpu=4|None|Unknown\n")
-    assert gpu_hours(sacct, since, until) == pytest.approx(2 * 2 + 1 * 2)  # clipped to the 1st; running: until now
+    sacct = ("1|umcg|billing=4,cpu=4,gres/gpu=2,mem=8G,node=1|2026-10-31T22:00:00|2026-10-31T23:00:00|"
+             "2026-11-01T02:00:00|COMPLETED\n"
+             "2|umcg|billing=1,cpu=1,mem=1G,node=1|2026-11-02T00:00:00|2026-11-02T00:00:00|2026-11-02T05:00:00|"
+             "COMPLETED\n"
+             "3|umcg|cpu=1,gres/gpu:h200=1,gres/gpu=1|2026-11-25T10:00:00|2026-11-25T10:00:00|Unknown|RUNNING\n"
+             "4|umcg|cpu=1,gres/gpu=4|2026-11-25T11:00:00|None|Unknown|PENDING\n")
+    hours = sum(gpu_hours_in(job, since, until, until) for job in parse_sacct(sacct))
+    assert hours == pytest.approx(2 * 2 + 1 * 2)  # clipped to the 1st; running: until now
 
 
 @pytest.mark.parametrize(("mutate", "key", "words"), [

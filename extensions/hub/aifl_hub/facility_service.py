@@ -55,7 +55,7 @@ from .facility import (
     this_month,
     usage_line,
 )
-from .i18n import DEFAULT_LANGUAGE, LANGUAGES, gettext_for, pick_language
+from .i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, gettext_for, pick_language
 from .site import Site, load_site
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,6 @@ log = logging.getLogger(__name__)
 LANG_COOKIE = "aifl-lang"
 COOKIE_MAX_AGE = 365 * 24 * 3600
 LANGUAGE_NAMES = {"nl": "Nederlands", "en": "English"}
-
-
-def N_(message: str) -> str:
-    """Mark ``message`` for the catalog; it is translated when a page shows it."""
-    return message
 
 
 CATEGORY_LABELS = {"regional": N_("Regional"), "national": N_("National"), "european": N_("European"),

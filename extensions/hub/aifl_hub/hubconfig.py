@@ -68,7 +68,8 @@ def configure(c: Any, site_file: str) -> None:
         "aifl_site_name": site["site"]["name"], "aifl_end_message": end_message, "aifl_session": session_card,
         # Sign-up and approval pages: the organisations to choose from, and what each person asked for.
         "aifl_organisations": [(o["name"], o["display_name"]) for o in site.get("organisations", {}).get("list", [])],
-        "aifl_requested_organisations": lambda user: membership.requested(site),
+        # (read only by the approval page that calls it, not on every page JupyterHub renders)
+        "aifl_requested_organisations": lambda user: (lambda: membership.requested(site)),
         # The home page: the user's organisation's GPU hours this month (from Slurm, at most a minute old).
         "aifl_org_usage": lambda user: (lambda lang: usage.usage_line(user.name, lang, org_name(site, user))),
     }

@@ -23,12 +23,12 @@ the site file are reported, never deleted (their history stays in Slurm's accoun
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .facility import SACCT_FIELDS, gpu_hours_in, parse_sacct
 from .procs import run
 from .site import Site
 from .slurm import run_argv
@@ -245,33 +245,10 @@ def charge(site: Site, profile: Mapping[str, Any], gpus: int, org: Mapping[str, 
                   override.get("qos", session_qos(site, org, over_budget=over and bool(gpus))), over)
 
 
-def gpu_hours(sacct: str, since: datetime, until: datetime) -> float:
-    """GPU-hours of the jobs in ``sacct -nP -X -o AllocTRES,Start,End`` output within [since, until)."""
-    total = 0.0
-    for line in sacct.splitlines():
-        tres, start, end = [*line.split("|"), "", ""][:3]
-        gpus = sum(int(n) for n in re.findall(r"(?:^|,)gres/gpu(?::[^=,]+)?=(\d+)", tres)[:1])
-        begin = _time(start)
-        if not gpus or begin is None:
-            continue
-        finish = _time(end) or until
-        seconds = (min(finish, until) - max(begin, since)).total_seconds()
-        total += gpus * max(0.0, seconds) / 3600
-    return total
-
-
-def _time(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
 async def month_gpu_hours(slurm_bin: str, account: str, now: datetime | None = None) -> float:
     """GPU-hours the account's jobs used this calendar month, from Slurm's accounting (``sacct``)."""
     now = now or datetime.now()
     since = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    out = await run_argv([f"{slurm_bin}/sacct", "-nP", "-X", "-a", "-A", account,
-                          "-S", since.isoformat(timespec="seconds"), "-E", "now", "-o", "AllocTRES,Start,End"],
-                         timeout=30)
-    return gpu_hours(out, since, now)
+    out = await run_argv([f"{slurm_bin}/sacct", "-nP", "-X", "-a", "-D", "-A", account,
+                          "-S", since.isoformat(timespec="seconds"), "-E", "now", "-o", SACCT_FIELDS], timeout=30)
+    return sum(gpu_hours_in(job, since, now, now) for job in parse_sacct(out))
