@@ -129,7 +129,10 @@ def test_a_wait_goes_on_after_a_hub_restart_and_keeps_its_place(hub, users):
         up = lab("up")
         assert up.returncode == 0, up.stderr[-2000:]
         # The same job still waits, and the pending page and the progress stream explain it as before.
-        time.sleep(2)
+        # The restarted hub asks for the start again once it answers: give it a moment on a slow machine.
+        deadline = time.monotonic() + 30
+        while hub.server(name) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert job in slurm("squeue", "-h", "-t", "PENDING", "-o", "%i").split()
         assert hub.server(name) is not None and not hub.server(name)["ready"]
         text = page(browser, f"/hub/spawn-pending/{name}", lang="en")
