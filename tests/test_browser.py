@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from conftest import BASE, REPO, Hub, browser_session, remove_account, slurm
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright, expect, sync_playwright
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
 
@@ -140,19 +140,39 @@ def spawn_gpu_session(page: Page, name: str) -> None:
     expect(page.locator("#main.jp-LabShell")).to_be_visible(timeout=LAB_TIMEOUT_MS)
 
 
-def run_in_new_notebook(page: Page, code: str) -> str:
-    """Open a new Python notebook from the launcher, run ``code`` in its first cell; return the output text."""
-    page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click(timeout=LAB_TIMEOUT_MS)
+def run_cell(page: Page, code: str, index: int = 0) -> Locator:
+    """Type ``code`` into cell ``index`` of the open notebook, run it and return the cell's output area.
+
+    Typing waits until the kernel is connected and idle: while it starts, JupyterLab moves the focus around.
+    JupyterLab drops a run silently when the kernel is not attached yet (the prompt stays ``[ ]:``);
+    the run is then asked for again, as a person would.
+    """
     notebook = page.locator(".jp-NotebookPanel:visible")
-    # Type only once the kernel is connected and idle: while it starts, JupyterLab moves the focus around.
     expect(notebook.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_be_attached(
         timeout=KERNEL_TIMEOUT_MS)
-    editor = notebook.locator(".jp-CodeCell").first.locator(".cm-content")
+    cell = notebook.locator(".jp-CodeCell").nth(index)
+    editor = cell.locator(".cm-content")
     editor.click()
     page.keyboard.insert_text(code)
     expect(editor).to_contain_text(code.splitlines()[-1])
-    notebook.locator('[data-command="notebook:run-cell-and-select-next"]').click()
-    output = notebook.locator(".jp-CodeCell").first.locator(".jp-OutputArea-output")
+    prompt = cell.locator(".jp-InputPrompt")
+    for _ in range(3):
+        editor.click()
+        notebook.locator('[data-command="notebook:run-cell-and-select-next"]').click()
+        try:
+            expect(prompt).not_to_have_text(re.compile(r"^\s*\[ \]:\s*$"), timeout=15_000)
+            break
+        except AssertionError:
+            continue
+    else:
+        raise AssertionError(f"JupyterLab never ran cell {index}")
+    return cell.locator(".jp-OutputArea-output")
+
+
+def run_in_new_notebook(page: Page, code: str) -> str:
+    """Open a new Python notebook from the launcher, run ``code`` in its first cell; return the output text."""
+    page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click(timeout=LAB_TIMEOUT_MS)
+    output = run_cell(page, code)
     expect(output).to_contain_text("NODE", timeout=KERNEL_TIMEOUT_MS)
     return output.inner_text()
 

@@ -20,6 +20,7 @@ from aifl_hub.facility import (
     Job,
     category_of,
     figures_json,
+    format_hours,
     gpu_hours_in,
     month_bounds,
     month_rows,
@@ -327,27 +328,37 @@ def test_facility_reads_slurm_with_argv_lists_only():
     assert users["root"] in {"ftreg", "ftnat"}
 
 
-def test_cache_gives_hub_pages_the_line_without_waiting_for_slurm():
+def test_cache_gives_hub_pages_the_lines_without_waiting_for_slurm():
     site = {**SITE, "organisations": {"list": [
         {"name": "ftnat", "display_name": "National test org", "category": "national", "gpu_hours_per_month": 5}]}}
-    jobs = parse_sacct(capture("sacct.txt"))
+    jobs = parse_sacct(capture("sacct.txt"))  # all submitted by root
     now = max(j.end for j in jobs if j.end) + timedelta(minutes=1)
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    root_hours = sum(gpu_hours_in(job, month_start, now, now) for job in jobs)
     replay = Replay()
     cache = facility.FacilityCache(Facility(site, runner=replay, clock=lambda: now), ttl=60)
-    assert cache.usage_line("root", "en") == ""  # no event loop here: nothing read, nothing raised
+    assert cache.home_usage("root", "en") is None  # no event loop here: nothing read, nothing raised
     assert replay.calls == []
 
-    async def in_the_hub() -> tuple[str, str, int]:
-        first = cache.usage_line("root", "en")  # starts a refresh in the background
+    async def in_the_hub() -> tuple[facility.HomeUsage | None, facility.HomeUsage | None, int]:
+        first = cache.home_usage("root", "en")  # starts both refreshes in the background
         await cache._refreshing
+        await asyncio.gather(*cache._own_refreshing.values())
         calls = len(replay.calls)
-        second = cache.usage_line("root", "en")
+        second = cache.home_usage("root", "en")
         await cache.current()  # fresh: read from the cache
         assert len(replay.calls) == calls
         return first, second, calls
 
     first, second, calls = asyncio.run(in_the_hub())
-    assert first == "" and calls == 6
-    assert second.startswith("Your organisation, National test org, used ") and second.endswith(
-        "of its 5 GPU hours this month.")
-    assert cache.usage_line("admin", "en") == ""  # in no organisation
+    assert first is None and calls == 7
+    own_sacct = [c for c in replay.calls if c[0].endswith("sacct") and "-u" in c]
+    assert len(own_sacct) == 1 and own_sacct[0][own_sacct[0].index("-u") + 1] == "root" and "-a" not in own_sacct[0]
+    assert second is not None
+    assert second.own == f"You used {format_hours(root_hours, 'en')} GPU hours this month." and root_hours > 0
+    assert second.organisation.startswith("Your organisation, National test org, used ")
+    assert second.organisation.endswith("of its 5 GPU hours this month.")
+    ftnat = sum(gpu_hours_in(j, month_start, now, now) for j in jobs if j.account == "ftnat")
+    assert second.budget_percent == min(100, round(ftnat / 5 * 100))
+    admin = cache.home_usage("admin", "en")  # in no organisation, own hours not read yet
+    assert admin is not None and admin.organisation == "" and admin.budget_percent is None

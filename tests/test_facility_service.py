@@ -292,9 +292,10 @@ def run_jobs(mix: list[tuple[str, int, int]]) -> list[str]:
     raise AssertionError(f"test jobs did not complete: {slurm('squeue')}")
 
 
-def truncated_gpu_hours(start: datetime, end: datetime) -> dict[str, float]:
-    """Account → GPU-hours in [start, end] by Slurm's own clipping (``sacct --truncate``)."""
-    out = slurm("sacct", "-X", "-a", "-D", "-n", "-P", "--truncate", "-S", start.isoformat(timespec="seconds"),
+def truncated_gpu_hours(start: datetime, end: datetime, user: str | None = None) -> dict[str, float]:
+    """Account → GPU-hours in [start, end] (of ``user``'s jobs, or everyone's) by Slurm's own clipping."""
+    who = ["-u", user] if user else ["-a"]
+    out = slurm("sacct", "-X", *who, "-D", "-n", "-P", "--truncate", "-S", start.isoformat(timespec="seconds"),
                 "-E", end.isoformat(timespec="seconds"), "-o", "Account,AllocTRES,ElapsedRaw")
     hours: dict[str, float] = {}
     for line in out.splitlines():
@@ -363,6 +364,12 @@ def test_json_and_csv_give_what_slurm_accounting_gives(test_organisations):
     total = sum(per_category.values())
     assert today["regional_share"] == pytest.approx(per_category["regional"] / total, abs=0.01)
     assert today["median_wait_seconds"]["regional"] is not None
+
+    # a user's own GPU hours this month (the hub home's line): root submitted these jobs, and maybe others
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    own = asyncio.run(Facility(site).user_month_hours("root"))
+    assert own == pytest.approx(sum(truncated_gpu_hours(month_start, datetime.now(), "root").values()), abs=0.02)
+    assert own >= expected[regional] + expected[national] - 1e-3
 
 
 # ---------------------------------------------------------------- through the hub, which runs the service

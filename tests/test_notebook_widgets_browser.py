@@ -7,7 +7,7 @@ import time
 
 import pytest
 from conftest import BASE, slurm
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import expect, sync_playwright
 from test_browser import (  # noqa: F401 - browser_user is a fixture used by name
     ARTIFACTS,
     CHROMIUM,
@@ -19,20 +19,11 @@ from test_browser import (  # noqa: F401 - browser_user is a fixture used by nam
     approve,
     browser_user,  # a fixture
     log_in,
+    run_cell,
     sign_up,
 )
 
 pytestmark = pytest.mark.cluster
-
-
-def run_cell(page: Page, code: str, index: int) -> None:
-    """Type ``code`` into cell ``index`` of the open notebook and run it."""
-    notebook = page.locator(".jp-NotebookPanel:visible")
-    editor = notebook.locator(".jp-CodeCell").nth(index).locator(".cm-content")
-    editor.click()
-    page.keyboard.insert_text(code)
-    expect(editor).to_contain_text(code.splitlines()[-1])
-    notebook.locator('[data-command="notebook:run-cell-and-select-next"]').click()
 
 
 def test_session_panel_and_dask_widget_in_jupyterlab(hub, browser_user):  # noqa: F811 - the fixture
@@ -59,15 +50,11 @@ def test_session_panel_and_dask_widget_in_jupyterlab(hub, browser_user):  # noqa
             page.goto(f"{BASE}/user/{name}/lab")
             expect(page.locator("#main.jp-LabShell")).to_be_visible(timeout=LAB_TIMEOUT_MS)
             page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click(timeout=LAB_TIMEOUT_MS)
-            notebook = page.locator(".jp-NotebookPanel:visible")
-            expect(notebook.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_be_attached(
-                timeout=KERNEL_TIMEOUT_MS)
-            run_cell(page, "from aifl_notebook.panel import show_session\npanel = show_session()", 0)
-            output = notebook.locator(".jp-CodeCell").nth(0).locator(".jp-OutputArea-output")
+            output = run_cell(page, "from aifl_notebook.panel import show_session\npanel = show_session()", 0)
             expect(output).to_contain_text("Your session (Slurm job", timeout=KERNEL_TIMEOUT_MS)
             expect(output).to_contain_text("One GPU for training a model")
-            run_cell(page, "from aifl_notebook.widgets.dask import DaskPanel\ndask_panel = DaskPanel()\ndask_panel", 1)
-            widget = notebook.locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea-output")
+            widget = run_cell(
+                page, "from aifl_notebook.widgets.dask import DaskPanel\ndask_panel = DaskPanel()\ndask_panel", 1)
             widget.get_by_role("button", name="Start workers").click(timeout=KERNEL_TIMEOUT_MS)
             expect(widget).to_contain_text("All 2 workers started.", timeout=120_000)
             link = widget.get_by_role("link", name=re.compile("Dashboard"))

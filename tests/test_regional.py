@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -143,10 +144,12 @@ def test_the_organisation_asked_for_at_sign_up_is_confirmed_by_the_admin(hub):
         assert "Je werkt voor Coöperatie Noorderveld, die deze maand" in page
         # The home page says it too (from the facility figures, refreshed in the background).
         deadline, home = time.monotonic() + 30, ""
-        while 'id="aifl-org-usage"' not in home and time.monotonic() < deadline:
+        while not ('id="aifl-org-usage"' in home and 'id="aifl-own-usage"' in home) and time.monotonic() < deadline:
             home = user.get(f"{BASE}/hub/home", headers={"Accept-Language": "en"}, timeout=30).content.decode()
             time.sleep(1)
         assert "Your organisation, Noorderveld farmers&#39; co-operative, used" in home
+        assert "You used 0 GPU hours this month." in home  # their own, from sacct -u: nothing yet
+        assert re.search(r'<meter[^>]*id="aifl-budget"[^>]*value="\d+"', home)  # the budget of 300 GPU hours
         # A made-up organisation is refused and nothing is kept.
         other = requests.Session()
         other.get(f"{BASE}/hub/signup", timeout=10)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pwd
 import secrets
 import time
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import BASE, Hub, browser_session, slurm
+from conftest import BASE, Hub, browser_session, remove_account, slurm
 from test_spawn import environ, job_processes, spawn
 
 pytestmark = pytest.mark.cluster
@@ -117,3 +118,20 @@ def test_a_link_cannot_approve_a_sign_up(hub: Hub):
     with browser_session(admin_name, admin_password) as admin:
         admin.get(f"{BASE}/hub/authorize", timeout=30)
         admin.post(f"{BASE}/hub/discard/{name}", data={"_xsrf": admin.cookies.get("_xsrf", "")}, timeout=30)
+
+
+def test_a_new_account_never_gets_the_uid_of_a_deleted_one(hub: Hub):
+    """Otherwise a newcomer would own a former user's leftover files and see their GPU hours in sacct -u."""
+    first = f"u{secrets.token_hex(3)}"
+    second = f"u{secrets.token_hex(3)}"
+    try:
+        assert hub.api("POST", f"/users/{first}").status_code == 201
+        uid = pwd.getpwnam(first).pw_uid
+        hub.api("DELETE", f"/users/{first}")
+        remove_account(first)  # the highest UID is free again: plain useradd would hand it out next
+        assert hub.api("POST", f"/users/{second}").status_code == 201
+        assert pwd.getpwnam(second).pw_uid > uid
+    finally:
+        for name in (first, second):
+            hub.api("DELETE", f"/users/{name}")
+            remove_account(name)

@@ -11,6 +11,7 @@ The bash script ``lab`` in the repository root makes the hub's Python environmen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import hashlib
 import json
@@ -297,6 +298,8 @@ def start_hub(repo: Path, site: Site, site_path: Path, proxy_main: Path, progres
     if hub_pid and (changed or _installed_hub_changed()):
         progress.note("the hub's code or configuration changed: restarting the hub (sessions keep running)")
         stop_process("hub")
+    if not _pid("hub"):
+        _stop_leftover_services(pwd.getpwnam(hub_user).pw_uid)
     _start("hub", [str(HUB_ENV / "bin" / "aifl-jupyterhub"), "-f", str(ETC / "jupyterhub_config.py")],
            hub_user, {**base_env, "CONFIGPROXY_AUTH_TOKEN": proxy_token, "AIFL_SITE_FILE": str(ETC / "site.yaml")},
            [HUB_API_PORT], lambda: _http_ok(f"http://{hub['ip']}:{hub['port']}/hub/api/"), cwd=state)
@@ -339,16 +342,45 @@ def ensure_admin(site: Site, progress: Progress) -> None:
           f"    user:     {name}\n    password: {password}\n")
 
 
+def _terminate(pid: int, timeout: float) -> None:
+    """SIGTERM ``pid``, then SIGKILL it if it is still there after ``timeout`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _stop_leftover_services(uid: int) -> None:
+    """Stop processes of the hub's account run from the hub's environment: services a gone hub left behind."""
+    keep = {p for p in (_pid("proxy"), _pid("hub")) if p}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in keep:
+            continue
+        try:
+            owner = entry.stat().st_uid
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if owner == uid and argv and argv[0].decode(errors="replace").startswith(f"{HUB_ENV}/"):
+            _terminate(int(entry.name), 5)
+
+
 def stop_process(name: str, timeout: float = 20) -> None:
-    """SIGTERM the process in /run/aifl/<name>.pid and wait until it is gone."""
+    """SIGTERM the process in /run/aifl/<name>.pid and wait until it is gone.
+
+    The hub stops its services itself, but a hub that had to be killed leaves them behind, holding
+    their ports: those are stopped too.
+    """
     pid = _pid(name)
     if pid:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        uid = Path(f"/proc/{pid}").stat().st_uid
+        _terminate(pid, timeout)
+        if name == "hub":
+            _stop_leftover_services(uid)
     (RUN / f"{name}.pid").unlink(missing_ok=True)
 
 

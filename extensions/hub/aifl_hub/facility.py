@@ -23,7 +23,6 @@ CSV (:func:`report_csv`) and Prometheus text (:func:`prometheus_text`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import io
 import logging
@@ -477,6 +476,14 @@ class Facility:
         category, jobs = await asyncio.gather(self.categories(), self.jobs(start, end))
         return month_rows(month, jobs, category, self.site, now)
 
+    async def user_month_hours(self, user: str) -> float:
+        """GPU-hours ``user``'s jobs used this calendar month."""
+        now = self.clock()
+        start, _ = month_bounds(this_month(now), now)
+        jobs = parse_sacct(await self._run(self._argv(
+            "sacct", "-X", "-D", "-n", "-P", "-u", user, "-S", _stamp(start), "-E", _stamp(now), "-o", SACCT_FIELDS)))
+        return sum(gpu_hours_in(job, start, now, now) for job in jobs)
+
     async def user_organisations(self) -> dict[str, str]:
         """User → the organisation account they work for, for every user Slurm knows."""
         return parse_user_organisations(await self._run(self._argv(
@@ -506,11 +513,26 @@ def usage_line(row: OrganisationMonth, lang: str) -> str:
         name=name, used=used, budget=format_hours(row.budget, lang))
 
 
+@dataclass(frozen=True)
+class HomeUsage:
+    """What the hub home says about this month's GPU use: the user's own, their organisation's and its budget."""
+
+    own: str
+    organisation: str
+    budget_percent: int | None  # the part of the organisation's budget used, for a bar (at most 100)
+
+
+def own_usage_line(hours: float, lang: str) -> str:
+    """"You used X GPU hours this month", in ``lang``."""
+    _ = gettext_for(lang)
+    return _("You used {used} GPU hours this month.").format(used=format_hours(hours, lang))
+
+
 class FacilityCache:
-    """The latest figures and user → organisation, read from Slurm at most once per ``ttl`` seconds.
+    """The latest figures, user → organisation and each user's own GPU hours, read from Slurm at most once per ``ttl``.
 
     For the facility service (:meth:`current`) and for hub pages, whose template variables cannot
-    wait for Slurm (:meth:`usage_line`: the last figures at once, a refresh in the background).
+    wait for Slurm (:meth:`home_usage`: the last figures at once, a refresh in the background).
     """
 
     def __init__(self, facility: Facility, ttl: float = 30) -> None:
@@ -518,6 +540,8 @@ class FacilityCache:
         self._cached: tuple[float, Figures, dict[str, str]] | None = None
         self._lock = asyncio.Lock()
         self._refreshing: asyncio.Task[Any] | None = None
+        self._own: dict[str, tuple[float, float]] = {}  # user -> (when read, GPU hours this month)
+        self._own_refreshing: dict[str, asyncio.Task[Any]] = {}
 
     def _stale(self) -> bool:
         return self._cached is None or time_module.monotonic() - self._cached[0] > self.ttl
@@ -536,18 +560,43 @@ class FacilityCache:
         except Exception:
             log.exception("facility figures could not be read")
 
-    def usage_line(self, user: str, lang: str, organisation: str | None = None) -> str:
-        """The line of this month for ``organisation`` (default: ``user``'s in Slurm) from the last figures.
+    async def _refresh_own(self, user: str) -> None:
+        try:
+            self._own[user] = (time_module.monotonic(), await self.facility.user_month_hours(user))
+        except Exception:
+            log.exception("the GPU hours of %s could not be read", user)
+        finally:
+            self._own_refreshing.pop(user, None)
 
-        ``""`` when there are no figures yet or the user has no organisation. When the figures are stale,
-        a refresh starts in the background (where an event loop runs).
+    def _in_background(self, make: Callable[[], Awaitable[Any]]) -> asyncio.Task[Any] | None:
+        """Run ``make()`` as a task of the running event loop (None where no loop runs)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return loop.create_task(make())
+
+    def home_usage(self, user: str, lang: str, organisation: str | None = None) -> HomeUsage | None:
+        """Lines of this month for ``user`` and ``organisation`` (default: ``user``'s in Slurm), from the last figures.
+
+        ``None`` until Slurm has answered once. Stale figures are read again in the background.
         """
         if self._stale() and (self._refreshing is None or self._refreshing.done()):
-            with contextlib.suppress(RuntimeError):  # no running event loop: nothing to refresh with
-                self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
-        if self._cached is None:
-            return ""
-        _, figures, users = self._cached
-        organisation = organisation or users.get(user)
-        row = organisation_month(figures, organisation) if organisation else None
-        return usage_line(row, lang) if row else ""
+            self._refreshing = self._in_background(self._refresh)
+        own = self._own.get(user)
+        if (own is None or time_module.monotonic() - own[0] > self.ttl) and user not in self._own_refreshing:
+            task = self._in_background(lambda: self._refresh_own(user))
+            if task is not None:
+                self._own_refreshing[user] = task
+        if self._cached is None and own is None:
+            return None
+        org_line, percent = "", None
+        if self._cached is not None:
+            _, figures, users = self._cached
+            organisation = organisation or users.get(user)
+            row = organisation_month(figures, organisation) if organisation else None
+            if row is not None:
+                org_line = usage_line(row, lang)
+                if row.budget_used is not None:
+                    percent = min(100, round(row.budget_used * 100))
+        return HomeUsage(own_usage_line(own[1], lang) if own else "", org_line, percent)

@@ -231,7 +231,7 @@ class PageHandler(FacilityHandler):
             return
         self.render_page(
             "index.html", figures=figures, admin=bool(model.get("admin")), category_labels=CATEGORY_LABELS,
-            usage=self.service.figures.usage_line(model["name"], lang), target=percent(REGIONAL_TARGET, lang),
+            usage=self.service.figures.home_usage(model["name"], lang), target=percent(REGIONAL_TARGET, lang),
             periods=[(p, PERIOD_LABELS[p.period], share_sentence(p, lang), share_chart(p, lang))
                      for p in figures.periods],
             waits=[(PERIOD_LABELS[p.period], {g: describe_wait(w, lang) for g, w in p.median_wait.items()})

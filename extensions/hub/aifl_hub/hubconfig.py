@@ -70,8 +70,9 @@ def configure(c: Any, site_file: str) -> None:
         "aifl_organisations": [(o["name"], o["display_name"]) for o in site.get("organisations", {}).get("list", [])],
         # (read only by the approval page that calls it, not on every page JupyterHub renders)
         "aifl_requested_organisations": lambda user: (lambda: membership.requested(site)),
-        # The home page: the user's organisation's GPU hours this month (from Slurm, at most a minute old).
-        "aifl_org_usage": lambda user: (lambda lang: usage.usage_line(user.name, lang, org_name(site, user))),
+        # The home page: the user's own and their organisation's GPU hours this month (from Slurm, at most
+        # a minute old).
+        "aifl_usage": lambda user: (lambda lang: usage.home_usage(user.name, lang, org_name(site, user))),
     }
     c.JupyterHub.shutdown_on_logout = False
     c.JupyterHub.tornado_settings = {"cookie_options": {"SameSite": "Lax"}}

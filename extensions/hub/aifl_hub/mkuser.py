@@ -6,10 +6,12 @@ run it through sudo and nothing else as root. It uses only the standard library 
 settings from /etc/aifl/mkuser.json (root-owned), so the caller passes nothing but a user name,
 which must match a strict pattern, and optionally the Slurm account of the user's organisation, which
 must be one the site file lists (it then becomes the user's default account). An existing account is
-accepted only if it is already in the lab's group (so no system account can be taken over). Exit
-codes: 0 done, 2 refused, 1 failed.
+accepted only if it is already in the lab's group (so no system account can be taken over). A new
+account gets a UID no account ever had (a root-owned high-water mark remembers deleted ones), so a new
+person never inherits a former user's files or accounting history. Exit codes: 0 done, 2 refused, 1 failed.
 """
 
+import fcntl
 import grp
 import json
 import os
@@ -20,6 +22,8 @@ import sys
 
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 SETTINGS = "/etc/aifl/mkuser.json"
+UID_HIGH_WATER = "/etc/aifl/uid-high-water"
+FIRST_UID, LAST_UID = 1000, 60000
 
 
 def refuse(message: str) -> None:
@@ -31,6 +35,26 @@ def refuse(message: str) -> None:
 def run(argv: list[str]) -> subprocess.CompletedProcess:
     """Run argv (no shell), failing loudly."""
     return subprocess.run(argv, check=True, capture_output=True, text=True)
+
+
+def add_account(name: str, home_base: str, group: str) -> None:
+    """``useradd`` with a UID above every account's and every UID given before (locked against parallel runs)."""
+    with open(UID_HIGH_WATER, "a+") as mark:
+        fcntl.flock(mark, fcntl.LOCK_EX)
+        mark.seek(0)
+        try:
+            high = int(mark.read().strip() or 0)
+        except ValueError:
+            high = 0
+        used = [e.pw_uid for e in pwd.getpwall() if FIRST_UID <= e.pw_uid <= LAST_UID]
+        uid = max([high, FIRST_UID - 1, *used]) + 1
+        if uid > LAST_UID:
+            raise SystemExit("aifl-mkuser: no UID left for a new account")
+        run(["useradd", "--create-home", "--home-dir", f"{home_base}/{name}", "--shell", "/bin/bash",
+             "--uid", str(uid), "--user-group", "--groups", group, name])
+        mark.seek(0)
+        mark.truncate()
+        mark.write(f"{uid}\n")
 
 
 def main() -> None:
@@ -54,8 +78,7 @@ def main() -> None:
     if entry is not None and name not in grp.getgrnam(group).gr_mem and entry.pw_gid != grp.getgrnam(group).gr_gid:
         refuse(f"the account {name!r} exists and is not a lab account; choose another name")
     if entry is None:
-        run(["useradd", "--create-home", "--home-dir", f"{home_base}/{name}", "--shell", "/bin/bash",
-             "--user-group", "--groups", group, name])
+        add_account(name, home_base, group)
         entry = pwd.getpwnam(name)
     logs = os.path.join(entry.pw_dir, log_dir)
     os.makedirs(logs, mode=0o700, exist_ok=True)
