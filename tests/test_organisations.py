@@ -124,6 +124,8 @@ def test_gpu_hours_count_only_the_part_inside_the_period():
      "organisations.categories.national.batch_qos", "not one of accounting.qos"),
     (lambda s: s["accounting"]["qos"][0].update(preempts=["nobody"]), "accounting.qos[regional].preempts",
      "'nobody'"),
+    (lambda s: [s["organisations"]["list"][i].update(claim_values=["umcg.nl"]) for i in (0, 1)],
+     "organisations.list[noorderveld].claim_values", "'umcg.nl' already names umcg"),
 ])
 def test_broken_organisations_name_the_entry(mutate, key, words):
     broken = yaml.safe_load(SITE_FILE.read_text())

@@ -19,7 +19,7 @@ from tornado import web
 from traitlets import Bool, List, Unicode
 
 from . import membership
-from .organisations import organisation
+from .organisations import GROUP_PREFIX, organisation
 from .site import Site, load_site
 from .slurm import SlurmError, run_argv
 
@@ -49,6 +49,17 @@ class LocalAccountsMixin(Authenticator):
         result = super().add_user(user)
         if inspect.isawaitable(result):
             await result
+
+
+class SiteMixin(Authenticator):
+    """The site file's organisations, which people ask to join (an administrator confirms)."""
+
+    site_file = Unicode("", help="The site file (its organisations people ask to join).").tag(config=True)
+
+    @cached_property
+    def site(self) -> Site | None:
+        """The validated site file, if configured."""
+        return load_site(self.site_file) if self.site_file else None
 
 
 class _NoStatsd:
@@ -129,24 +140,54 @@ _REPLACED_HANDLERS = {
 }
 
 
-class LabNativeAuthenticator(LocalAccountsMixin, NativeAuthenticator):
+class LabNativeAuthenticator(SiteMixin, LocalAccountsMixin, NativeAuthenticator):
     """People sign up (with their organisation); an admin approves them; approved users get their accounts."""
 
     username_pattern = Unicode(USERNAME_PATTERN).tag(config=True)
-
-    site_file = Unicode("", help="The site file (organisations people choose from at sign-up).").tag(config=True)
-
-    @cached_property
-    def site(self) -> Site | None:
-        """The validated site file, if configured."""
-        return load_site(self.site_file) if self.site_file else None
 
     def get_handlers(self, app) -> list[tuple]:  # noqa: ANN001 - the JupyterHub application
         """NativeAuthenticator's pages: login working on JupyterHub 6, approvals only by POST."""
         return [(route, _REPLACED_HANDLERS.get(handler, handler)) for route, handler in super().get_handlers(app)]
 
 
-class LabOAuthenticator(LocalAccountsMixin, GenericOAuthenticator):
-    """Log in through the site's OIDC provider (for example SURF SRAM)."""
+class LabOAuthenticator(SiteMixin, LocalAccountsMixin, GenericOAuthenticator):
+    """Log in through the site's OIDC provider (for example SURF SRAM).
+
+    With ``organisation_claim`` set, the claim's value (for example SRAM's home organisation
+    ``umcg.nl``) is matched to the organisations' ``claim_values`` in the site file, and a match becomes a
+    request an administrator confirms (:mod:`aifl_hub.membership_page`). The provider sets a user's
+    hub groups at every login (``manage_groups``); a confirmed organisation's group is added to them.
+    """
 
     username_pattern = Unicode(USERNAME_PATTERN).tag(config=True)
+
+    organisation_claim = Unicode(
+        "", help="The userinfo claim naming the person's organisation (empty: people are placed by an admin).",
+    ).tag(config=True)
+
+    def _username(self, auth_state: dict) -> str:
+        return self.normalize_username(self.user_info_to_username(auth_state.get(self.user_auth_state_key) or {}))
+
+    async def update_auth_model(self, auth_model: dict) -> dict:
+        """Turn the organisation claim into a request for an administrator, unless the user is already placed."""
+        site, claim = self.site, self.organisation_claim
+        info = (auth_model.get("auth_state") or {}).get(self.user_auth_state_key) or {}
+        if site is None or not claim or claim not in info:
+            return auth_model
+        name = auth_model["name"]
+        org = membership.organisation_for_claim(site, info[claim])
+        if org is None:
+            self.log.info("%s's organisation claim matches no organisation of the site file", name)
+        elif membership.confirmed(site).get(name) != org and membership.requested(site).get(name) != org:
+            membership.request(site, name, org)
+            self.log.info("%s asks to join %s (from the login provider); an administrator confirms it", name, org)
+        return auth_model
+
+    async def get_user_groups(self, auth_state: dict) -> set[str]:
+        """The provider's groups, plus the group of the organisation an administrator confirmed."""
+        groups = await super().get_user_groups(auth_state) if self.auth_state_groups_key else set()
+        if self.site is not None:
+            org = membership.confirmed(self.site).get(self._username(auth_state))
+            if org:
+                groups = {*groups, f"{GROUP_PREFIX}{org}"}
+        return groups

@@ -10,6 +10,7 @@ from typing import Any
 from . import membership
 from .api import install_handlers
 from .facility import Facility, FacilityCache
+from .membership_page import install_membership_page
 from .organisations import organisation_of
 from .pages import configure_pages
 from .site import Site, load_site
@@ -110,6 +111,8 @@ def configure(c: Any, site_file: str) -> None:
             c.LabOAuthenticator.allowed_groups = set(oauth["allowed_groups"])
             c.LabOAuthenticator.manage_groups = True
             c.LabOAuthenticator.auth_state_groups_key = f"oauth_user.{oauth.get('groups_claim', 'groups')}"
+        c.LabOAuthenticator.site_file = site_file
+        c.LabOAuthenticator.organisation_claim = oauth.get("organisation_claim", "")
 
     services: list[dict[str, Any]] = []
     roles: list[dict[str, Any]] = []
@@ -134,3 +137,4 @@ def configure(c: Any, site_file: str) -> None:
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
     configure_pages(c, site)
+    install_membership_page()

@@ -1,11 +1,12 @@
-"""Which organisation a user belongs to: asked at sign-up, confirmed by an administrator.
+"""Which organisation a user belongs to: asked at sign-up or read from an OIDC claim, confirmed by an administrator.
 
-A person picks their organisation on the sign-up page; the choice is kept as a *request* in the
-hub's state folder (``organisation-requests.json``, readable by the hub only). When an administrator
-approves the sign-up, the request becomes membership of the hub group ``org-<name>`` — the one fact
-the spawner reads (:func:`aifl_hub.organisations.organisation_of`). Administrators can change it
-later like any group in JupyterHub's admin page. On a real site with OIDC the organisation comes from
-a claim instead.
+A person picks their organisation on the sign-up page, or (on a site with OIDC) the provider's claim
+names it (:func:`organisation_for_claim`); either way it is kept as a *request* in the hub's state
+folder (``organisation-requests.json``, readable by the hub only). An administrator confirms it when
+approving the sign-up, or on the organisation requests page (:mod:`aifl_hub.membership_page`). A
+confirmed request becomes membership of the hub group ``org-<name>`` — the one fact the spawner reads
+(:func:`aifl_hub.organisations.organisation_of`) — and is remembered in ``organisation-members.json``,
+so that an OIDC login, which sets a user's groups from the provider, keeps it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .organisations import GROUP_PREFIX, organisation
 from .site import Site
 
 REQUESTS_FILE = "organisation-requests.json"
+MEMBERS_FILE = "organisation-members.json"
 
 
 def requests_path(site: Site) -> Path:
@@ -28,13 +30,46 @@ def requests_path(site: Site) -> Path:
     return Path(site["hub"]["state_dir"]) / REQUESTS_FILE
 
 
-def requested(site: Site) -> dict[str, str]:
-    """All open requests; an unreadable or missing file is none."""
+def _read(path: Path) -> dict[str, str]:
+    """A user name -> organisation file; an unreadable or missing file is empty."""
     try:
-        data = json.loads(requests_path(site).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def requested(site: Site) -> dict[str, str]:
+    """All open requests."""
+    return _read(requests_path(site))
+
+
+def confirmed(site: Site) -> dict[str, str]:
+    """Every confirmed membership (user name -> organisation)."""
+    return _read(Path(site["hub"]["state_dir"]) / MEMBERS_FILE)
+
+
+def organisation_for_claim(site: Site, values: object) -> str | None:
+    """The organisation whose ``claim_values`` hold the claim's value (a string or a list); None if none does."""
+    if isinstance(values, str):
+        given = {values}
+    elif isinstance(values, list):
+        given = {v for v in values if isinstance(v, str)}
+    else:
+        return None
+    for org in site.get("organisations", {}).get("list", []):
+        if given & set(org.get("claim_values", [])):
+            return org["name"]
+    return None
+
+
+def reject(site: Site, user: str) -> str | None:
+    """Drop ``user``'s open request; return the organisation it named (or None)."""
+    data = requested(site)
+    org = data.pop(user, None)
+    if org is not None:
+        _write(requests_path(site), data)
+    return org
 
 
 def request(site: Site, user: str, org: str) -> None:
@@ -57,9 +92,14 @@ def confirm(site: Site, db: Any, orm_user: orm.User) -> str | None:
     if group is None:
         group = orm.Group(name=name)
         db.add(group)
+    for old in [g for g in orm_user.groups if g.name.startswith(GROUP_PREFIX) and g is not group]:
+        orm_user.groups.remove(old)  # one organisation at a time: a confirmed change replaces the old one
     if group not in orm_user.groups:
         orm_user.groups.append(group)
     db.commit()
+    members = confirmed(site)
+    members[orm_user.name] = org
+    _write(Path(site["hub"]["state_dir"]) / MEMBERS_FILE, members)
     _write(requests_path(site), data)
     return org
 

@@ -132,10 +132,15 @@ def _check_organisations(site: Site, path: Path | str, accounts: set[str], qos: 
             if roles[role] not in qos:
                 raise SiteError(path, f"organisations.categories.{category}.{role}", "is not one of accounting.qos")
     names: set[str] = set()
+    claimed: dict[str, str] = {}
     for org in orgs["list"]:
         key = f"organisations.list[{org['name']}]"
         if org["name"] in names:
             raise SiteError(path, f"{key}.name", f"'{org['name']}' is listed more than once")
+        for value in org.get("claim_values", []):
+            if value in claimed:
+                raise SiteError(path, f"{key}.claim_values", f"'{value}' already names {claimed[value]}")
+            claimed[value] = org["name"]
         if org["name"] in accounts or org["name"] in ("regional", "national", "european", "training", "root"):
             raise SiteError(path, f"{key}.name", f"'{org['name']}' is already the name of another Slurm account")
         if org["category"] not in orgs["categories"]:
