@@ -78,7 +78,8 @@ class Hub:
         assert r.status_code == 200, r.text
 
     def server(self, name: str) -> dict | None:
-        return self.api("GET", f"/users/{name}").json()["servers"].get("")
+        r = self.api("GET", f"/users/{name}")
+        return None if r.status_code == 404 else r.json()["servers"].get("")
 
     def wait_ready(self, name: str, timeout: float = 120) -> dict:
         deadline = time.monotonic() + timeout

@@ -211,6 +211,14 @@ def test_waiting_session_shows_place_reason_and_can_be_cancelled(hub, users):
         assert job not in slurm("squeue", "-h", "-o", "%i").split()
 
 
+def test_deleting_a_user_cancels_their_waiting_start(hub, users):
+    name, token = users()
+    with waiting_session(hub, name, token) as job:
+        assert hub.api("DELETE", f"/users/{name}").status_code == 204  # JupyterHub alone: 500, job left behind
+        assert hub.api("GET", f"/users/{name}").status_code == 404
+        assert job not in slurm("squeue", "-h", "-o", "%i").split()
+
+
 @contextmanager
 def site_changed(tmp_path: Path, old: str, new: str, more: dict[str, str] | None = None) -> Iterator[None]:
     """Run the lab with lines of the shipped site file changed (``old`` → ``new``, then ``more``);

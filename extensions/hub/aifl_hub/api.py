@@ -6,6 +6,8 @@
   is starting.
 * ``POST /hub/api/users/{name}/server[s/{server}]``: checks ``user_options`` against the profile
   allowlist *before* anything is stored or started, so bad input gets a clear 400 and changes nothing.
+* ``DELETE /hub/api/users/{name}``: a start still waiting in the queue is cancelled first (its Slurm
+  job too); JupyterHub alone would refuse to delete the user, or leave the job behind.
 
 :func:`install_handlers` swaps them into JupyterHub's API route list; call it from the hub config.
 """
@@ -16,9 +18,11 @@ import json
 
 from jupyterhub import apihandlers
 from jupyterhub.apihandlers.base import APIHandler
-from jupyterhub.apihandlers.users import UserServerAPIHandler
+from jupyterhub.apihandlers.users import UserAPIHandler, UserServerAPIHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
+
+from .spawnpage import cancel_pending_start
 
 PORT_ROUTE = r"/api/batchspawner"
 
@@ -78,6 +82,18 @@ class CheckedUserServerAPIHandler(UserServerAPIHandler):
         await super().post(user_name, server_name)
 
 
+class LabUserAPIHandler(UserAPIHandler):
+    """Deleting a user cancels their waiting start first."""
+
+    @needs_scope("delete:users")
+    async def delete(self, user_name: str) -> None:
+        """Cancel a pending start (and its job), then delete as JupyterHub does."""
+        user = self.find_user(user_name)
+        if user is not None and user.name != self.current_user.name:
+            await cancel_pending_start(self, user)
+        await super().delete(user_name)
+
+
 def install_handlers() -> None:
     """Replace batchspawner's port route and the server-start routes in JupyterHub's API."""
     routes = apihandlers.default_handlers
@@ -86,3 +102,5 @@ def install_handlers() -> None:
     for i, route in enumerate(routes):
         if route[1] is UserServerAPIHandler:
             routes[i] = (route[0], CheckedUserServerAPIHandler, *route[2:])
+        elif route[1] is UserAPIHandler:
+            routes[i] = (route[0], LabUserAPIHandler, *route[2:])

@@ -33,26 +33,31 @@ class LabSpawnHandler(SpawnHandler):
         return super().post(user_name, server_name, display_name)
 
 
+async def cancel_pending_start(handler: BaseHandler, user: Any) -> None:
+    """Interrupt ``user``'s start that waits in the queue or is starting, and cancel its Slurm job."""
+    spawner = user.spawner
+    if spawner.pending != "spawn":
+        return
+    handler.log.info("%s cancels the start of %s", handler.current_user.name, spawner._log_name)
+    if hasattr(spawner, "cancelled_by_user"):
+        spawner.cancelled_by_user()
+    if spawner._spawn_future and not spawner._spawn_future.done():
+        spawner._spawn_future.cancel()
+    # JupyterHub clears the pending flag once the interrupted start has unwound (as its API does).
+    for _attempt in range(50):
+        if spawner.pending != "spawn":
+            break
+        await asyncio.sleep(0.1)
+    await handler.stop_single_user(user, spawner.name)
+
+
 class CancelHandler(BaseHandler):
     """Cancel the user's own start that is still waiting or starting."""
 
     @web.authenticated
     async def post(self) -> None:
         """Interrupt the start, cancel its job, and go back to the home page."""
-        user = self.current_user
-        spawner = user.spawner
-        if spawner.pending == "spawn":
-            self.log.info("%s cancels the start of %s", user.name, spawner._log_name)
-            if hasattr(spawner, "cancelled_by_user"):
-                spawner.cancelled_by_user()
-            if spawner._spawn_future and not spawner._spawn_future.done():
-                spawner._spawn_future.cancel()
-            # JupyterHub clears the pending flag once the interrupted start has unwound (as its API does).
-            for _attempt in range(50):
-                if spawner.pending != "spawn":
-                    break
-                await asyncio.sleep(0.1)
-            await self.stop_single_user(user, spawner.name)
+        await cancel_pending_start(self, self.current_user)
         self.redirect(url_path_join(self.hub.base_url, "home"))
 
 
