@@ -35,6 +35,7 @@ from aifl_notebook.dask import (
     pending_jobs,
     progress_message,
     session_job,
+    slurm_refusal,
     walltime,
     worker_environment,
 )
@@ -265,6 +266,39 @@ def test_cluster_progress_counts_connected_workers_and_queued_jobs(monkeypatch) 
     cluster.scheduler_info["workers"].update({"tls://x:3": {}, "tls://x:4": {}})
     assert cluster_progress(cluster, "nl").message == "Alle 4 workers gestart."
     assert len(asked) == 1  # squeue is not asked once every worker is there
+
+
+SBATCH_REFUSED = """Command exited with non-zero exit code.
+Exit code: 1
+Command:
+sbatch /tmp/tmpx.sh
+stdout:
+
+stderr:
+sbatch: error: Batch job submission failed: Invalid qos specification
+
+"""
+
+
+def test_slurms_reason_for_a_refused_worker_job_is_kept() -> None:
+    assert slurm_refusal(SBATCH_REFUSED) == "Invalid qos specification"
+    assert slurm_refusal("sbatch: error: QOSMaxSubmitJobPerUserLimit\n"
+                         "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy") == \
+        "Job violates accounting/QOS policy"
+    assert slurm_refusal("Command exited with non-zero exit code.") == "sbatch failed"
+
+
+def test_refused_worker_jobs_are_named_in_the_progress(monkeypatch) -> None:
+    monkeypatch.setattr(api, "pending_jobs", lambda ids: 0)
+    cluster = SimpleNamespace(worker_spec=dict.fromkeys("ab"),
+                              workers={"a": SimpleNamespace(job_id="11"),
+                                       "b": SimpleNamespace(job_id=None, refusal="Invalid qos specification")},
+                              scheduler_info={"workers": {"tls://x:1": {}}})
+    progress = cluster_progress(cluster, "en")
+    assert progress.refused == 1
+    assert progress.message == ("1 of 2 workers started; the rest are starting. "
+                                "Slurm refused 1 worker job: Invalid qos specification")
+    assert cluster_progress(cluster, "nl").message.endswith("Slurm weigerde 1 worker-job: Invalid qos specification")
 
 
 # ---- clean-up inside the kernel process ----------------------------------------------------------------
@@ -512,6 +546,20 @@ print("STARTED", json.dumps({
 """
 
 
+REFUSED = """
+import time
+bad = start_cluster("small", account="no-such-account")
+deadline = time.monotonic() + 60
+while not cluster_progress(bad).refused and time.monotonic() < deadline:
+    time.sleep(0.5)
+time.sleep(1)
+progress = cluster_progress(bad, "en")
+print("REFUSED", json.dumps({"refused": progress.refused, "message": progress.message,
+                             "jobs": [str(j.job_id) for j in bad.workers.values() if j.job_id]}))
+bad.close()
+"""
+
+
 def worker_jobs(name: str) -> list[str]:
     """The user's Dask worker jobs that Slurm still knows (pending, running or ending)."""
     return slurm("squeue", "-h", "-u", name, "-n", "dask-worker", "-o", "%i").split()
@@ -583,6 +631,12 @@ def test_a_cluster_computes_and_leaves_nothing_when_closed_or_when_its_kernel_is
     kernel.run('cluster.close(); print("CLOSED", json.dumps(True))')
     assert wait_no_workers(name, timeout=15) < 15
     assert all(state.startswith("CANCELLED") for state in final_states(jobs))  # cancelled by close()
+
+    # Worker jobs that Slurm refuses are named in the progress with Slurm's reason, not "starting" forever.
+    refused = kernel.run(REFUSED)["REFUSED"]
+    assert refused["refused"] == 2 and refused["jobs"] == []
+    assert refused["message"].startswith("0 of 2 workers started;")
+    assert "Slurm refused 2 worker jobs: Invalid account" in refused["message"]
 
     # A killed kernel cannot clean up: the workers notice their scheduler is gone and end their jobs.
     kernel = Kernel(url, token)

@@ -266,6 +266,7 @@ def cluster_class() -> type:
     Made on first use: dask is imported only once a cluster starts.
     """
     from dask_jobqueue.slurm import SLURMCluster, SLURMJob
+    from distributed.core import Status
 
     class LabSlurmJob(SLURMJob):
         """A worker job: submitted without the session's Slurm variables, remembered until cancelled."""
@@ -273,6 +274,14 @@ def cluster_class() -> type:
         @staticmethod
         async def _call(cmd: list[str], **kwargs: Any) -> str:
             return await SLURMJob._call(cmd, env=worker_environment(os.environ), **kwargs)
+
+        async def start(self) -> None:
+            try:
+                await super().start()
+            except RuntimeError as exc:  # sbatch refused the job: keep Slurm's words for the progress line
+                self.refusal = slurm_refusal(str(exc))
+                self.status = Status.failed  # (a job left "created" makes cluster.close() fail)
+                raise
 
         def _job_id_from_submit_output(self, out: str) -> str:
             job_id = super()._job_id_from_submit_output(out)
@@ -317,12 +326,30 @@ def start_cluster(size: str | None = None, minimum: int | None = None, maximum: 
 # ---- progress ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Progress:
-    """Where the workers are: ``started`` of ``wanted`` connected, ``waiting`` jobs queued in Slurm."""
+    """Where the workers are: ``started`` of ``wanted`` connected, ``waiting`` jobs queued in Slurm.
+
+    ``refused``: worker jobs that Slurm would not take (the message then says why).
+    """
 
     started: int
     wanted: int
     waiting: int
     message: str
+    refused: int = 0
+
+
+def slurm_refusal(error: str) -> str:
+    """Slurm's own reason from a failed ``sbatch`` (dask-jobqueue's error text), such as ``Invalid qos``."""
+    reasons = [line.split("error:", 1)[1].removeprefix(" Batch job submission failed:").strip()
+               for line in error.splitlines() if "error:" in line]
+    return next((r for r in reversed(reasons) if r), "sbatch failed")
+
+
+def refusal_message(refused: int, reason: str, lang: str | None = None) -> str:
+    """"Slurm refused N worker jobs: <reason>", in plain words."""
+    text = translations(language(lang))
+    return text.ngettext("Slurm refused {count} worker job: {reason}",
+                         "Slurm refused {count} worker jobs: {reason}", refused).format(count=refused, reason=reason)
 
 
 def progress_message(started: int, wanted: int, waiting: int, lang: str | None = None) -> str:
@@ -359,6 +386,11 @@ def cluster_progress(cluster: Any, lang: str | None = None) -> Progress:
     """The progress of a cluster from :func:`start_cluster`, with a message in ``lang``."""
     wanted = len(cluster.worker_spec)
     started = min(wanted, len(cluster.scheduler_info.get("workers", {})))
-    ids = [str(job.job_id) for job in list(cluster.workers.values()) if getattr(job, "job_id", None)]
+    jobs = list(cluster.workers.values())
+    ids = [str(job.job_id) for job in jobs if getattr(job, "job_id", None)]
     waiting = pending_jobs(ids) if started < wanted else 0
-    return Progress(started, wanted, waiting, progress_message(started, wanted, waiting, lang))
+    message = progress_message(started, wanted, waiting, lang)
+    refusals = [job.refusal for job in jobs if getattr(job, "refusal", "")]
+    if refusals:
+        message = f"{message} {refusal_message(len(refusals), refusals[-1], lang)}"
+    return Progress(started, wanted, waiting, message, len(refusals))
