@@ -260,3 +260,16 @@ def test_an_idle_session_is_stopped_and_its_files_stay(hub, users, tmp_path):
             time.sleep(0.5)  # the cancelled job may be completing for a moment
         assert slurm("squeue", "-h", "-u", name, "-o", "%i").strip() == ""
         assert work.read_text() == "results\n"
+
+
+def test_an_association_removed_in_slurm_is_made_again(hub, users):
+    """The hub remembers associations it made; one removed since (by an administrator) is made again."""
+    name, token = users()
+    spawn(hub, name, token, {"profile": "cpu-small"})
+    assert slurm("squeue", "-h", "-j", hub.job_of(name), "-o", "%a").strip() == "umcg"
+    assert hub.api("DELETE", f"/users/{name}/server", token=token).status_code in (202, 204)
+    hub.wait_gone(name)
+    slurm("sacctmgr", "-i", "delete", "user", name, "account=umcg")
+    assert "umcg" not in slurm("sacctmgr", "-nP", "show", "assoc", f"user={name}", "format=Account").split()
+    spawn(hub, name, token, {"profile": "cpu-small"})
+    assert slurm("squeue", "-h", "-j", hub.job_of(name), "-o", "%a").strip() == "umcg"

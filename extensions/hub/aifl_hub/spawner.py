@@ -516,7 +516,17 @@ class SlurmLabSpawner(SlurmSpawner):
         env = self.get_env()
         script = build_script(request, self.job_spec(list(env), request.environment))
         try:
-            self.job_id = await self.slurm.submit(self.user.name, script, env)
+            try:
+                self.job_id = await self.slurm.submit(self.user.name, script, env)
+            except SlurmError as exc:
+                remembered = (self.user.name, request.account)
+                if "Invalid account" not in (exc.stderr or "") or remembered not in _ASSOCIATED:
+                    raise
+                # The association was removed in Slurm since the hub remembered it: make it again, once.
+                self.log.info("The Slurm association of %s with %s is gone: making it again", *remembered)
+                _ASSOCIATED.discard(remembered)
+                await self._ensure_association(request.account)
+                self.job_id = await self.slurm.submit(self.user.name, script, env)
         except SlurmError as exc:
             self.log.error("Submitting a session for %s failed: %s", self.user.name, exc.stderr)
             reason = exc.stderr.splitlines()[-1] if exc.stderr else str(exc)
