@@ -295,14 +295,27 @@ def test_unsafe_values_never_reach_the_script(change):
 
 
 def _assert_shape(script: str) -> None:
-    """Only #SBATCH lines of one word each, then the four fixed commands: nothing was added by a value."""
+    """Only #SBATCH lines of one word each, then the fixed commands (with GPUs and a home: the energy meter's
+    line before exec): nothing was added by a value."""
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash" and script.endswith("\n")
     head = [line for line in lines[1:] if line.startswith("#")]
     assert all(line.startswith("#SBATCH --") and " " not in line.removeprefix("#SBATCH ") for line in head)
     assert len(head) <= 16
-    assert [line.split(" ", 1)[0].split("=", 1)[0] for line in lines[1 + len(head):]] == [
-        "set", "umask", "export", "exec"]
+    assert [line.split(" ", 1)[0].split("=", 1)[0] for line in lines[1 + len(head):]] in (
+        ["set", "umask", "export", "exec"], ["set", "umask", "export", "if", "exec"])
+
+
+def test_a_gpu_run_starts_the_energy_meter_and_a_cpu_run_does_not():
+    script = build_batch_script(_job(home="/home/alice"))
+    meter = next(line for line in script.splitlines() if line.startswith("if "))
+    assert meter == ("if [ -x /opt/aifl/envs/default/bin/aifl-energy-agent ]; then /opt/aifl/envs/default/bin/"
+                     'aifl-energy-agent --output /home/alice/.aifl/energy/job-"$SLURM_JOB_ID".json & fi')
+    _assert_shape(script)
+    assert "aifl-energy-agent" not in build_batch_script(_job(home="/home/alice",
+                                                              resources=Resources("cpu", 0, 2, 8, 1)))
+    with pytest.raises(ScriptError):
+        build_batch_script(_job(home="/home/alice; rm -rf /"))
 
 
 @pytest.fixture(scope="module")

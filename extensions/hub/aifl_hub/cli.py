@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 from . import cluster
+from .energy import status_path
 from .hubconfig import HUB_API_PORT, PROXY_API_PORT
 from .procs import LabError, Progress, pid_alive, require_root, run, start_daemon, wait_ready, write_file
 from .site import Site, SiteError, load_site
@@ -42,6 +43,7 @@ PROXY_DIR = OPT / "proxy"
 NOTEBOOK_BUILD = OPT / "build" / "aifl-notebook"
 PROXY_VERSION = "5.3.0"
 MKUSER = Path("/usr/local/sbin/aifl-mkuser")
+RESERVATION_HELPER = Path("/usr/local/sbin/aifl-reservation")
 SUDOERS = Path("/etc/sudoers.d/aifl-hub")
 CREDENTIALS = ETC / "admin-credentials"
 SYSTEM_PACKAGES = ["slurm-wlm", "slurmdbd", "slurm-client", "munge", "mariadb-server", "sudo", "util-linux"]
@@ -90,7 +92,7 @@ def build_environment(repo: Path, site: Site, progress: Progress) -> None:
     if not spec.is_dir():
         raise LabError(f"images/{name} does not exist (site file key spawner.environment)")
     prefix = Path(site["spawner"]["environments_dir"]) / name
-    stamp = _tree_hash(spec, repo / "extensions" / "notebook")
+    stamp = _tree_hash(spec, repo / "extensions" / "notebook", repo / "notebooks")
     stamp_file = prefix / ".aifl-stamp"
     if stamp_file.exists() and stamp_file.read_text() == stamp:
         progress.note(f"{prefix} is up to date")
@@ -106,15 +108,32 @@ def build_environment(repo: Path, site: Site, progress: Progress) -> None:
     for sub in ("etc", "share"):
         if (spec / sub).is_dir():
             shutil.copytree(spec / sub, prefix / sub, dirs_exist_ok=True)
+    install_notebooks(repo / "notebooks", prefix / "share" / "aifl" / "notebooks")
     run(["chmod", "-R", "a+rX", str(prefix)])
     stamp_file.write_text(stamp)
+
+
+def install_notebooks(source: Path, target: Path) -> None:
+    """Put the example notebooks (``*.ipynb`` of ``notebooks/``, not their sources) where sessions copy them from.
+
+    The folder is replaced as a whole, so a notebook removed from the repository is no longer offered.
+    """
+    if target.exists():
+        shutil.rmtree(target)
+    keep = {p for p in source.rglob("*.ipynb") if not any(part.startswith(("_", ".")) for part in
+                                                           p.relative_to(source).parts)}
+    for notebook in sorted(keep):
+        dest = target / notebook.relative_to(source)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(notebook, dest)
 
 
 def write_session_profiles(site: Site) -> None:
     """Give the notebook environment the site's profiles (``etc/aifl/profiles.json``, readable by all).
 
     Code inside a session (batch runs, Dask workers) offers the same profiles as the spawn page, with
-    the same names and limits. Only the profiles are written, nothing else of the site file.
+    the same names and limits. Only the profiles are written, and (``energy.json``) the energy model and
+    the grid status file's path, nothing else of the site file.
     """
     prefix = Path(site["spawner"]["environments_dir"]) / site["spawner"]["environment"]
     folder = prefix / "etc" / "aifl"
@@ -122,6 +141,9 @@ def write_session_profiles(site: Site) -> None:
     profiles = {"gpu_type": site["cluster"].get("gpu_nodes", {}).get("gpu_type", ""),
                 "profile_list": site["spawner"]["profile_list"]}
     write_file(folder / "profiles.json", json.dumps(profiles, indent=1, ensure_ascii=False) + "\n", mode=0o644)
+    # Energy in the session and flexible runs: the energy model and where the grid's status is published.
+    energy = {"energy": site.get("energy", {}), "grid_status_file": str(status_path(site))}
+    write_file(folder / "energy.json", json.dumps(energy, indent=1) + "\n", mode=0o644)
 
 
 def build_notebook_package(source: Path, prefix: Path, progress: Progress) -> Path:
@@ -222,11 +244,19 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
     }
     write_file(ETC / "mkuser.json", json.dumps(settings, indent=2) + "\n", mode=0o644)
     write_file(MKUSER, (Path(__file__).parent / "mkuser.py").read_text(), mode=0o755)
+    # Workshops: the hub may make and remove their reservations (and nothing else) through a root helper.
+    workshops = site.get("workshops")
+    reservation = {"slurm_bin": slurm_bin, "partitions": sorted(set(site["cluster"]["partitions"].values())),
+                   "accounts": [workshops["organisation"]] if workshops else []}
+    write_file(ETC / "reservation.json", json.dumps(reservation, indent=2) + "\n", mode=0o644)
+    write_file(RESERVATION_HELPER, (Path(__file__).parent / "workshop_reservation.py").read_text(), mode=0o755)
     rules = (
         "# AI Factory Lab: the hub may submit and cancel jobs as lab users, and create lab accounts.\n"
         f'Defaults:{hub_user} !requiretty, env_keep += "JUPYTERHUB_* JPY_* AIFL_*"\n'
         f"{hub_user} ALL=(%{group}) NOPASSWD: {slurm_bin}/sbatch --parsable, {slurm_bin}/scancel\n"
-        f"{hub_user} ALL=(root) NOPASSWD: {MKUSER}\n"
+        # The grid service releases held flexible work (a user may release only their own jobs).
+        f"{hub_user} ALL=(%{group}) NOPASSWD: {slurm_bin}/scontrol ^release [0-9]{{1,12}}$\n"
+        f"{hub_user} ALL=(root) NOPASSWD: {MKUSER}, {RESERVATION_HELPER}\n"
     )
     candidate = SUDOERS.with_name("aifl-hub.check")
     candidate.write_text(rules)
@@ -235,6 +265,11 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
     finally:
         candidate.unlink(missing_ok=True)
     write_file(SUDOERS, rules, mode=0o440)
+    # Where the grid service publishes the signal for sessions: written by the hub, read by everyone.
+    grid_status = status_path(site).parent
+    grid_status.mkdir(parents=True, exist_ok=True)
+    os.chmod(grid_status, 0o755)  # noqa: S103 - sessions read the published status
+    shutil.chown(grid_status, hub_user, hub_user)
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -43,7 +43,7 @@ DBD_PID, DBD_LOG = RUN_DIR / "slurmdbd.pid", LOG_DIR / "slurmdbd.log"
 CTLD_PID, CTLD_LOG = RUN_DIR / "slurmctld.pid", LOG_DIR / "slurmctld.log"
 FIRST_NODE_PORT = 17001
 HOSTS_FILE, HOSTS_MARK = Path("/etc/hosts"), "# aifl embedded cluster nodes"
-HEALTHY_NODE_STATES = {"idle", "mixed", "allocated", "completing"}
+HEALTHY_NODE_STATES = {"idle", "mixed", "allocated", "completing", "reserved"}  # reserved: e.g. for a workshop
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 
 

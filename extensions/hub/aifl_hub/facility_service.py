@@ -37,6 +37,7 @@ from jupyterhub.utils import url_path_join
 from markupsafe import Markup
 from tornado import ioloop, web
 
+from .energy import EnergyReport, energy_section
 from .facility import (
     ALL_CATEGORIES,
     OTHER,
@@ -157,6 +158,7 @@ class Service:
     hub_auth: HubOAuth
     prefix: str
     hub_base_url: str = "/"
+    energy: EnergyReport | None = None
 
 
 class FacilityHandler(HubOAuthenticated, web.RequestHandler):
@@ -239,7 +241,9 @@ class PageHandler(FacilityHandler):
             in_use=[(CATEGORY_LABELS[cat], n) for cat, n in figures.gpus_in_use.items()],
             in_use_total=sum(figures.gpus_in_use.values()), group_labels=GROUP_LABELS,
             hours=lambda value: format_hours(value, lang), updated=figures.generated_at.strftime("%H:%M"),
-            month=this_month(figures.generated_at))
+            month=this_month(figures.generated_at),
+            energy=await energy_section(self.service.energy, self.service.figures.facility, lang,
+                                        CATEGORY_LABELS, COLOURS))
 
 
 class LanguageHandler(FacilityHandler):
@@ -337,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     url = urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/facility/")
     service = Service(site, FacilityCache(Facility(site), ttl=args.cache_seconds), HubOAuth.instance(cache_max_age=60),
-                      prefix, os.environ.get("JUPYTERHUB_BASE_URL", "/"))
+                      prefix, os.environ.get("JUPYTERHUB_BASE_URL", "/"), EnergyReport(site, ttl=args.cache_seconds))
     app = make_app(service, os.urandom(32))
     app.listen(url.port or 80, url.hostname or "127.0.0.1", xheaders=True)
     log.info("facility page at %s%s", url.geturl().rstrip("/"), prefix)

@@ -9,12 +9,16 @@ from typing import Any
 
 from . import membership
 from .api import install_handlers
+from .energy import EnergyReport
 from .facility import Facility, FacilityCache
+from .grid import builtin_profile
 from .membership_page import install_membership_page
 from .organisations import organisation_of
 from .pages import configure_pages
 from .site import Site, load_site
 from .spawnpage import install_page_handlers
+from .workshop_handlers import CUSTOM_SCOPES, SITE_SETTING, TEND_SCOPE, install_workshop_handlers, trainer_roles
+from .workshops import check_site
 
 TEMPLATES = Path(__file__).parent / "templates" / "hub"
 PROXY_API_PORT = 8001
@@ -63,8 +67,9 @@ def configure(c: Any, site_file: str) -> None:
     c.JupyterHub.cleanup_proxy = False
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{PROXY_API_PORT}"
-    c.JupyterHub.template_paths = [str(TEMPLATES)]
+    c.JupyterHub.template_paths = [str(TEMPLATES), str(TEMPLATES.parent)]  # the second: workshop*.html
     usage = FacilityCache(Facility(site), ttl=60)
+    energy_report = EnergyReport(site)
     c.JupyterHub.template_vars = {
         "aifl_site_name": site["site"]["name"], "aifl_end_message": end_message, "aifl_session": session_card,
         # Sign-up and approval pages: the organisations to choose from, and what each person asked for.
@@ -74,6 +79,8 @@ def configure(c: Any, site_file: str) -> None:
         # The home page: the user's own and their organisation's GPU hours this month (from Slurm, at most
         # a minute old).
         "aifl_usage": lambda user: (lambda lang: usage.home_usage(user.name, lang, org_name(site, user))),
+        # The home page: the energy of the user's own work this month (from Slurm, at most a minute old).
+        "aifl_energy": lambda user: (lambda lang: energy_report.home_line(user.name, lang)),
     }
     c.JupyterHub.shutdown_on_logout = False
     c.JupyterHub.tornado_settings = {"cookie_options": {"SameSite": "Lax"}}
@@ -122,7 +129,7 @@ def configure(c: Any, site_file: str) -> None:
         services.append({"name": "lab", "api_token": token_file.read_text().strip()})
         roles.append({"name": "lab-service", "services": ["lab"],
                       "scopes": ["admin:users", "admin:servers", "admin:groups", "tokens", "read:hub",
-                                 "access:servers"]})
+                                 "access:servers", TEND_SCOPE]})
     idle = site["spawner"].get("idle_timeout", 0)
     if idle:
         # jupyterhub-idle-culler as a hub service, with only the scopes it needs.
@@ -134,7 +141,22 @@ def configure(c: Any, site_file: str) -> None:
     services.append({"name": "facility", "url": "http://127.0.0.1:8082", "display": True, "oauth_no_confirm": True,
                      "command": [sys.executable, "-m", "aifl_hub.facility_service", f"--site-file={site_file}"]})
     roles.append({"name": "user", "scopes": ["self", "access:services!service=facility"]})
+    if site.get("workshops"):
+        # Workshops: trainers' roles, and the tender that disables temporary accounts after the grace period.
+        problems = check_site(site)
+        if problems:
+            raise ValueError(f"{site_file}: " + "; ".join(problems))
+        install_workshop_handlers()
+        c.JupyterHub.custom_scopes = CUSTOM_SCOPES
+        roles += trainer_roles(site)
+        services.append({"name": "workshop-tender", "command": [sys.executable, "-m", "aifl_hub.workshop_tender"]})
+        roles.append({"name": "workshop-tender", "services": ["workshop-tender"], "scopes": [TEND_SCOPE]})
+    # Releases flexible batch work when the grid is quiet (it needs no hub API scopes; Slurm via sudo).
+    builtin_profile(site.get("grid", {}))  # a span such as 23:00-06:00 stops the hub here, with the span
+    services.append({"name": "grid", "command": [sys.executable, "-m", "aifl_hub.grid_service",
+                                                 f"--site-file={site_file}"]})
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
     configure_pages(c, site)
     install_membership_page()
+    c.JupyterHub.tornado_settings = {**c.JupyterHub.tornado_settings, SITE_SETTING: site}

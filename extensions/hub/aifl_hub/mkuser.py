@@ -52,6 +52,7 @@ def add_account(name: str, home_base: str, group: str) -> None:
             raise SystemExit("aifl-mkuser: no UID left for a new account")
         run(["useradd", "--create-home", "--home-dir", f"{home_base}/{name}", "--shell", "/bin/bash",
              "--uid", str(uid), "--user-group", "--groups", group, name])
+        os.chmod(f"{home_base}/{name}", 0o700)  # private: other lab users (say, a workshop's) cannot look in
         mark.seek(0)
         mark.truncate()
         mark.write(f"{uid}\n")
@@ -87,11 +88,15 @@ def main() -> None:
         path = os.path.join(path, part)
         os.chown(path, entry.pw_uid, entry.pw_gid)
     assoc = run([sacctmgr, "-n", "-P", "show", "assoc", f"user={name}", f"account={account}", "format=user"])
+    known = bool(run([sacctmgr, "-n", "-P", "show", "user", name, "format=user"]).stdout.strip())
     if not assoc.stdout.strip():
         run([sacctmgr, "-i", "add", "user", name, f"account={account}", f"defaultaccount={account}"])
-    default = run([sacctmgr, "-n", "-P", "show", "user", name, "format=defaultaccount"]).stdout.strip()
-    if len(sys.argv) == 3 and default != account:
-        run([sacctmgr, "-i", "modify", "user", "where", f"name={name}", "set", f"defaultaccount={account}"])
+    # A user Slurm knew before may have another default account. (Right after adding a new user the
+    # answer can lag behind, and "modify" then finds nothing to change and fails: new users are done.)
+    if len(sys.argv) == 3 and known:
+        default = run([sacctmgr, "-n", "-P", "show", "user", name, "format=defaultaccount"]).stdout.strip()
+        if default != account:
+            run([sacctmgr, "-i", "modify", "user", "where", f"name={name}", "set", f"defaultaccount={account}"])
     print(f"aifl-mkuser: {name} ready")
 
 

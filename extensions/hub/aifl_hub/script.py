@@ -11,6 +11,7 @@ import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from .options import SessionRequest
 
@@ -18,6 +19,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PATH = re.compile(r"^/[A-Za-z0-9_.%/-]*$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _GPU_TYPE = re.compile(r"^[a-z0-9]{1,16}$")
+ENERGY_AGENT = "aifl-energy-agent"  # next to the session command (aifl_notebook.energy_agent)
 
 
 class ScriptError(ValueError):
@@ -37,6 +39,8 @@ class JobSpec:
     job_name: str = "aifl-lab"
     gpu_type: str = ""
     save_lead: int = 0  # seconds before the time limit at which Slurm sends SIGUSR1 (0: no signal)
+    # A workshop's course material: (folder to copy from, folder in the home); copied once, never over work.
+    material: tuple[str, str] | None = None
 
 
 def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
@@ -70,6 +74,9 @@ def build_script(request: SessionRequest, job: JobSpec) -> str:
             raise ScriptError(f"{what} must be a non-negative whole number")
     if not job.command:
         raise ScriptError("the session command is empty")
+    if job.material:
+        _check(_PATH, job.material[0], "material folder")
+        _check(_PATH, job.material[1], "material target")
 
     lines = [
         "#!/bin/bash",
@@ -98,6 +105,17 @@ def build_script(request: SessionRequest, job: JobSpec) -> str:
         "set -euo pipefail",
         "umask 0077",
         "export PATH=" + ":".join(shlex.quote(d) for d in job.path_dirs),
+    ]
+    if job.material:
+        source, target = (shlex.quote(p) for p in job.material)
+        lines.append(f"if [ -d {source} ] && [ ! -e {target} ]; then cp -R {source} {target}; fi")
+    if request.gpus:
+        # The job's energy meter (NVML) from the same environment, where it has one; it writes
+        # ~/.aifl/energy/job-<id>.json and ends by itself on a node without NVML.
+        agent = shlex.quote(_check(_PATH, str(PurePosixPath(job.command[0]).with_name(ENERGY_AGENT)), "energy agent"))
+        output = shlex.quote(f"{job.home}/.aifl/energy/job-") + '"$SLURM_JOB_ID".json'
+        lines.append(f"if [ -x {agent} ]; then {agent} --output {output} & fi")
+    lines += [
         "exec " + " ".join(shlex.quote(arg) for arg in job.command),
         "",
     ]

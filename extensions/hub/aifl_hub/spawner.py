@@ -57,6 +57,7 @@ from .script import JobSpec, build_script
 from .site import Site, load_site
 from .slurm import JobInfo, SlurmClient, SlurmError, SlurmUnavailable, run_argv
 from .spawnform import FormState, build_cards
+from .workshops import Seat, seat_for
 
 LANG_COOKIE = "aifl-lang"
 RESTARTED = "RESTARTED"  # last_end state of a start that a hub restart interrupted
@@ -163,6 +164,7 @@ class SlurmLabSpawner(SlurmSpawner):
 
     # ---- user options -------------------------------------------------------------------------
     session_request: SessionRequest | None = None
+    workshop_seat: Seat | None = None  # the workshop seat the current start uses
     form_state: FormState | None = None  # the last refused spawn form, shown again with its error
 
     @property
@@ -191,7 +193,16 @@ class SlurmLabSpawner(SlurmSpawner):
         return used
 
     async def charged(self, request: SessionRequest) -> SessionRequest:
-        """``request`` charged to the user's organisation (account and QOS); refused with a plain message."""
+        """``request`` charged to the user's organisation (account and QOS); refused with a plain message.
+
+        A seat in a workshop the user joined is charged to the workshop's organisation and runs in its
+        reservation, with the course material copied into the home.
+        """
+        self.workshop_seat = seat_for(self.site, self.user.name, request.profile)
+        if self.workshop_seat is not None:
+            seat = self.workshop_seat
+            await self._ensure_association(seat.account)
+            return replace(request, account=seat.account, qos=seat.qos, reservation=seat.reservation)
         org = self.organisation()
         used = await self.organisation_usage() if org and org.get("gpu_hours_per_month") is not None else None
         profile = profiles_by_slug(self.site)[request.profile]
@@ -345,6 +356,8 @@ class SlurmLabSpawner(SlurmSpawner):
             path_dirs=[bin_dir, *self.extra_path],
             gpu_type=self.site["cluster"].get("gpu_nodes", {}).get("gpu_type", ""),
             save_lead=self.site["spawner"].get("save_before_end", 600),
+            material=(seat.material, f"{account.pw_dir}/{seat.folder}")
+            if (seat := self.workshop_seat) is not None and seat.material else None,
         )
 
     def get_env(self) -> dict[str, str]:

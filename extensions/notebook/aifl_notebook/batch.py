@@ -23,6 +23,11 @@ against a strict pattern and the command is quoted with :func:`shlex.quote`. ``s
 clean environment (no ``SLURM_*`` variables of the session, no hub token) and an explicit
 ``--export`` list; the job is charged to the account and QOS the hub gives batch work
 (``AIFL_ACCOUNT``, ``AIFL_BATCH_QOS``), else to the session job's own.
+
+Flexible work (``grid_quiet=True`` with a ``deadline``) is submitted held (``--hold``) and tagged in
+its comment (``aifl-grid:deadline=…``); the hub's grid service releases it when the power grid is
+quiet, or in time to finish by the deadline. :func:`list_runs` says when such a run is expected to
+start (from the status the service publishes) and :func:`start_now` starts it at once instead.
 """
 
 from __future__ import annotations
@@ -40,11 +45,12 @@ import sys
 import urllib.request
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from .energy import MEASURED_DIR
 from .i18n import N_, gettext_for
 
 RUNS_DIR = "batch-runs"
@@ -63,6 +69,9 @@ _GPU_TYPE = re.compile(r"^[a-z0-9]{1,16}\Z")
 _PARAMETER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 _TEXT = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z")
 _BEGIN = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\Z")
+ENERGY_AGENT = "aifl-energy-agent"  # next to python in the environment (aifl_notebook.energy_agent)
+GRID_TAG = "aifl-grid"  # the comment the hub's grid service looks for (aifl_hub.release.TAG)
+HELD_REASON = "JobHeldUser"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}\Z")
 _JOB_ID = re.compile(r"^[0-9]{1,12}\Z")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -107,13 +116,14 @@ class ScriptError(ValueError):
 
 @dataclass
 class BatchOptions:
-    """What the user asks for. Later options (a deadline, a quiet power grid) are added as new fields.
+    """What the user asks for.
 
     ``notebook``: a path inside the home folder (relative paths are relative to it); ``profile``: a
     profile slug of the hub; ``hours``: the time limit (default: the profile's default); ``parameters``:
     values for the notebook's ``parameters`` cell (str, int, float, bool or None); ``begin``: the
     earliest start (a datetime or ISO text such as ``2026-12-01T22:00``); ``name``: the run's name
-    (default: the notebook's name).
+    (default: the notebook's name); ``grid_quiet``: start only when the power grid is quiet, and
+    finish by ``deadline`` (a datetime or ISO text, required with ``grid_quiet``).
     """
 
     notebook: str | os.PathLike[str]
@@ -122,6 +132,8 @@ class BatchOptions:
     parameters: Mapping[str, Scalar] = field(default_factory=dict)
     begin: datetime | str | None = None
     name: str = ""
+    grid_quiet: bool = False
+    deadline: datetime | str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,8 @@ class BatchJob:
     qos: str = ""
     begin: str = ""
     job_name: str = JOB_NAME
+    deadline: str = ""  # flexible work: held until the grid is quiet, finished by this time
+    home: str = ""  # with GPUs: the job's energy meter writes <home>/.aifl/energy/job-<id>.json
 
 
 @dataclass(frozen=True)
@@ -171,6 +185,10 @@ class BatchRun:
     url: str = ""
     parameters: Mapping[str, Scalar] = field(default_factory=dict)
     begin: str = ""
+    deadline: str = ""
+    grid_wait: bool = False
+    expected_start: str = ""
+    grid_reason: str = ""
 
     @property
     def output(self) -> Path:
@@ -189,7 +207,24 @@ class BatchRun:
 
     def state_text(self, lang: str | None = None) -> str:
         """The state in words, in ``lang`` (default: the session's language)."""
-        return gettext_for(lang)(STATE_LABELS.get(self.state, STATE_LABELS["unknown"]))
+        _ = gettext_for(lang)
+        if self.grid_wait:
+            if self.grid_reason == "cap":
+                return _("waiting: flexible work in the grid's busy hours is at the facility's limit")
+            if self.expected_start:
+                return _("waiting for a quiet grid — expected to start around {time}").format(
+                    time=_clock(self.expected_start))
+            return _("waiting for a quiet grid")
+        return _(STATE_LABELS.get(self.state, STATE_LABELS["unknown"]))
+
+
+def _clock(moment: str, now: datetime | None = None) -> str:
+    """``HH:MM`` for a time today, else ``YYYY-MM-DD HH:MM``."""
+    try:
+        when = datetime.fromisoformat(moment)
+    except ValueError:
+        return moment
+    return when.strftime("%H:%M" if when.date() == (now or datetime.now()).date() else "%Y-%m-%d %H:%M")
 
 
 # ---- checks (pure) -------------------------------------------------------------------------------------
@@ -328,6 +363,42 @@ def check_begin(begin: datetime | str | None, lang: str | None = None) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S")
 
 
+def check_deadline(grid_quiet: Any, deadline: datetime | str | None, hours: int, begin: str,
+                   now: datetime, lang: str | None = None) -> str:
+    """The deadline of flexible work as ``YYYY-MM-DDTHH:MM:SS`` (``""`` when not flexible), or :class:`BatchError`.
+
+    Refused: a deadline without ``grid_quiet``, ``grid_quiet`` without a deadline, a deadline in the
+    past, and one that leaves less than the run's time limit after ``now`` (or after ``begin``).
+    """
+    _ = gettext_for(lang)
+    if not isinstance(grid_quiet, bool):
+        raise BatchError("grid_quiet", _("Waiting for a quiet grid is either on (True) or off (False)."))
+    given = not (deadline is None or (isinstance(deadline, str) and not deadline.strip()))
+    if not grid_quiet:
+        if given:
+            raise BatchError("deadline", _("A deadline is only used for a run that waits for a quiet grid."))
+        return ""
+    example = (now + timedelta(days=1)).strftime("%Y-%m-%d 08:00")
+    if not given:
+        raise BatchError("deadline", _("Say by when the run must be finished, such as {example}.")
+                         .format(example=example))
+    try:
+        when = datetime.fromisoformat(check_begin(deadline, lang))
+    except BatchError:
+        raise BatchError("deadline", _("Give the deadline as a date and time, such as {example}.")
+                         .format(example=example)) from None
+    if when <= now:
+        raise BatchError("deadline", _("The deadline {deadline} has already passed.").format(
+            deadline=when.strftime("%Y-%m-%d %H:%M")))
+    start = max(now, datetime.fromisoformat(begin)) if begin else now
+    if when - start < timedelta(hours=hours):
+        raise BatchError("deadline", _("The run's time limit is {hours} h, so the deadline must be {earliest} "
+                                       "or later.").format(hours=hours,
+                                                           earliest=(start + timedelta(hours=hours))
+                                                           .strftime("%Y-%m-%d %H:%M")))
+    return when.strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def run_name(name: str) -> str:
     """A safe name for a run folder and job: letters, digits, ``-`` and ``_`` (``notebook`` if nothing is left)."""
     return _UNSAFE.sub("-", name).strip("-_")[:40].strip("-_") or "notebook"
@@ -377,6 +448,8 @@ def build_batch_script(job: BatchJob) -> str:
             _check(_NAME, value, what)
     if job.begin:
         _check(_BEGIN, job.begin, "begin time")
+    if job.deadline:
+        _check(_BEGIN, job.deadline, "deadline")
     _count(res.hours, "hours", 1)
     _count(res.cpus, "cpus", 1)
     _count(res.memory_gb, "memory", 1)
@@ -414,15 +487,21 @@ def build_batch_script(job: BatchJob) -> str:
         lines.append(f"#SBATCH --gres=gpu:{gpu_type}{res.gpus:d}")
     if job.begin:
         lines.append(f"#SBATCH --begin={job.begin}")
+    if job.deadline:
+        lines += ["#SBATCH --hold", f"#SBATCH --comment={GRID_TAG}:deadline={job.deadline}"]
     command = [job.python, "-m", "papermill", "--no-progress-bar", "--log-output", "--cwd", job.workdir,
                f"{job.run_dir}/{INPUT}", f"{job.run_dir}/{OUTPUT}", *papermill_arguments(job.parameters)]
     lines += [
         "set -euo pipefail",
         "umask 0077",
         "export PATH=" + ":".join(shlex.quote(d) for d in job.path_dirs),
-        "exec " + " ".join(shlex.quote(arg) for arg in command),
-        "",
     ]
+    if res.gpus and job.home:
+        # The job's energy meter (NVML), as in a session: it ends by itself on a node without NVML.
+        agent = shlex.quote(_check(_PATH, str(Path(job.python).with_name(ENERGY_AGENT)), "energy agent"))
+        output = shlex.quote(f"{_check(_PATH, job.home, 'home')}/{MEASURED_DIR}/job-") + '"$SLURM_JOB_ID".json'
+        lines.append(f"if [ -x {agent} ]; then {agent} --output {output} & fi")
+    lines += ["exec " + " ".join(shlex.quote(arg) for arg in command), ""]
     return "\n".join(lines)
 
 
@@ -479,8 +558,13 @@ def _since(start: str, now: datetime) -> float | None:
 
 def describe_run(meta: Mapping[str, Any], folder: Path, queued: Mapping[str, tuple[str, str]],
                  accounted: Mapping[str, tuple[str, float | None]], output: Mapping[str, Any] | None,
-                 log_tail: str = "", prefix: str = "/", now: datetime | None = None) -> BatchRun:
-    """A :class:`BatchRun` from its metadata, squeue's and sacct's answers and the output notebook."""
+                 log_tail: str = "", prefix: str = "/", now: datetime | None = None, *,
+                 held: Collection[str] = (), grid_jobs: Mapping[str, Any] | None = None) -> BatchRun:
+    """A :class:`BatchRun` from its metadata, squeue's and sacct's answers and the output notebook.
+
+    ``held``: jobs Slurm holds for their user (``JobHeldUser``); ``grid_jobs``: the grid service's
+    published waiting jobs (``{job: {"reason", "expected_start"}}``).
+    """
     now = now or datetime.now()
     job_id = str(meta.get("job_id", ""))
     slurm_state, duration = "", None
@@ -502,12 +586,20 @@ def describe_run(meta: Mapping[str, Any], folder: Path, queued: Mapping[str, tup
     if state not in ("failed", "timeout"):
         error = ""
     run_id = folder.name
+    deadline = str(meta.get("deadline", ""))
+    grid_wait = bool(deadline) and state == "waiting" and job_id in held
+    waiting = (grid_jobs or {}).get(job_id) if grid_wait else None
+    waiting = waiting if isinstance(waiting, Mapping) else {}
+    expected = waiting.get("expected_start")
     return BatchRun(run_id=run_id, folder=folder, name=str(meta.get("name", run_id)),
                     notebook=str(meta.get("notebook", "")), profile=str(meta.get("profile", "")),
                     job_id=job_id, submitted=str(meta.get("submitted", "")), state=state,
                     slurm_state=slurm_state, duration=duration, error=error,
                     url=f"{prefix}lab/tree/{quote(f'{RUNS_DIR}/{run_id}/{OUTPUT}')}",
-                    parameters=dict(meta.get("parameters") or {}), begin=str(meta.get("begin", "")))
+                    parameters=dict(meta.get("parameters") or {}), begin=str(meta.get("begin", "")),
+                    deadline=deadline, grid_wait=grid_wait,
+                    expected_start=expected if isinstance(expected, str) and _BEGIN.match(expected) else "",
+                    grid_reason=str(waiting.get("reason", "")))
 
 
 # ---- the session around it -------------------------------------------------------------------------------
@@ -632,6 +724,7 @@ def submit(options: BatchOptions, *, lang: str | None = None, env: Mapping[str, 
     resources = check_profile(profiles, options.profile, options.hours, lambda: hub_groups(env), lang)
     parameters = check_parameters(options.parameters, lang)
     begin = check_begin(options.begin, lang)
+    deadline = check_deadline(options.grid_quiet, options.deadline, resources.hours, begin, datetime.now(), lang)
     name = run_name(options.name or source.stem)
     if not _PATH.match(str(home)):
         raise BatchError("notebook", _("Your home folder's path cannot be used in a batch job."))
@@ -645,7 +738,7 @@ def submit(options: BatchOptions, *, lang: str | None = None, env: Mapping[str, 
         job = BatchJob(run_dir=str(folder), python=str(Path(sys.prefix) / "bin" / "python"),
                        workdir=str(source.parent), resources=resources, export_names=sorted(clean_env),
                        path_dirs=clean_env["PATH"].split(":"), parameters=parameters, account=account, qos=qos,
-                       begin=begin)
+                       begin=begin, deadline=deadline, home=str(home))
         (folder / SCRIPT).write_text(build_batch_script(job), encoding="utf-8")
         result = _slurm("sbatch", "--parsable", str(folder / SCRIPT), env=clean_env, timeout=60)
         job_id = result.stdout.strip().split(";")[0] if result and result.returncode == 0 else ""
@@ -657,9 +750,10 @@ def submit(options: BatchOptions, *, lang: str | None = None, env: Mapping[str, 
         raise
     meta = {"job_id": job_id, "name": name, "notebook": str(source.relative_to(home.resolve())),
             "profile": options.profile, "hours": resources.hours, "parameters": parameters, "begin": begin,
-            "submitted": now.isoformat(timespec="seconds")}
+            "deadline": deadline, "submitted": now.isoformat(timespec="seconds")}
     (folder / META).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return describe_run(meta, folder, {job_id: ("PENDING", "")}, {}, None, prefix=_prefix(env))
+    return describe_run(meta, folder, {job_id: ("PENDING", "")}, {}, None, prefix=_prefix(env),
+                        held={job_id} if deadline else (), grid_jobs=grid_status().get("jobs"))
 
 
 def _prefix(env: Mapping[str, str]) -> str:
@@ -705,12 +799,68 @@ def list_runs(*, env: Mapping[str, str] | None = None, home: Path | None = None)
         if rest:
             result = _slurm("sacct", "-X", "-n", "-P", "-j", ",".join(rest), "-o", "JobIDRaw,State,ElapsedRaw")
             accounted = parse_sacct(result.stdout) if result and result.returncode == 0 else {}
+    flexible = [str(m["job_id"]) for _, m in metas
+                if m.get("deadline") and run_state(queued.get(str(m["job_id"]), ("", ""))[0]) == "waiting"]
+    held: set[str] = set()
+    grid_jobs: Mapping[str, Any] = {}
+    if flexible:
+        result = _slurm("squeue", "-h", "-j", ",".join(flexible), "-o", "%i|%r")
+        held = {line.split("|")[0] for line in (result.stdout.splitlines() if result and result.returncode == 0 else ())
+                if line.strip().endswith("|" + HELD_REASON)}
+        grid_jobs = grid_status().get("jobs") or {}
     runs = []
     for folder, meta in metas:
         output = _read_json(folder / OUTPUT)
         runs.append(describe_run(meta, folder, queued, accounted, output if isinstance(output, dict) else None,
-                                 _log_tail(folder / LOG), _prefix(env)))
+                                 _log_tail(folder / LOG), _prefix(env), held=held, grid_jobs=grid_jobs))
     return runs
+
+
+def energy_settings() -> dict[str, Any]:
+    """What ``lab up`` gives sessions about energy (``etc/aifl/energy.json``): the model, the grid status file."""
+    settings = _read_json(Path(sys.prefix) / "etc" / "aifl" / "energy.json")
+    return settings if isinstance(settings, dict) else {}
+
+
+def grid_status() -> dict[str, Any]:
+    """The grid's status as the hub's grid service last published it (``{}`` when there is none)."""
+    path = energy_settings().get("grid_status_file")
+    status = _read_json(Path(path)) if isinstance(path, str) and _PATH.match(path) else None
+    return status if isinstance(status, dict) else {}
+
+
+GRID_LEVELS = {"quiet": N_("quiet"), "normal": N_("normal"), "busy": N_("busy")}
+
+
+def grid_line(status: Mapping[str, Any], lang: str | None = None, now: datetime | None = None) -> str:
+    """The grid now and its next quiet hours in words, from the grid service's ``status`` (``""`` without one)."""
+    _ = gettext_for(lang)
+    level = status.get("level")
+    if level not in GRID_LEVELS:
+        return ""
+    text = _("The power grid is {level} now.").format(level=_(GRID_LEVELS[level]))
+    if level == "quiet":
+        return text
+    for slot in status.get("forecast") or []:
+        start = slot.get("start") if isinstance(slot, Mapping) else None
+        if isinstance(start, str) and slot.get("level") == "quiet" and _BEGIN.match(start[:19]):
+            return " ".join([text, _("The next quiet hours begin around {time}.").format(
+                time=_clock(start[:19], now))])
+    return " ".join([text, _("There are no quiet hours in the next 48 hours.")])
+
+
+def start_now(run_id: str, *, home: Path | None = None, lang: str | None = None) -> None:
+    """Start a run that waits for a quiet grid now instead (``scontrol release``). :class:`BatchError` if it cannot."""
+    _ = gettext_for(lang)
+    home = home or home_folder()
+    meta = _read_json(home / RUNS_DIR / run_id / META) if isinstance(run_id, str) and _RUN_ID.match(run_id) else None
+    job_id = str(meta.get("job_id", "")) if isinstance(meta, dict) else ""
+    if not _JOB_ID.match(job_id):
+        raise BatchError("run", _("There is no batch run {run}.").format(run=run_id))
+    result = _slurm("scontrol", "release", job_id)
+    if not result or result.returncode != 0:
+        reason = (result.stderr.strip() if result else "") or _("scontrol was not found")
+        raise BatchError("run", _("The batch run could not be started now: {reason}").format(reason=reason))
 
 
 def cancel(run_id: str, *, home: Path | None = None, lang: str | None = None) -> None:

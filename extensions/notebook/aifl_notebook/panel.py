@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import socket
 import sys
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .energy import Energy, describe, energy_model, job_energy, measured_file, read_measured, squeue_start_time
 from .i18n import N_, gettext_for
 from .session import LANGUAGES, SessionClock, session_language, squeue_end_time
 
@@ -90,9 +92,10 @@ class SessionInfo:
     gpu_status: str  # see GpuReading
     gpu_use: tuple[GpuUse, ...]
     gpu_note: str | None  # why there are no GPU figures, in ``language``
-    energy_kwh: float | None  # not measured yet: a later version fills this in
+    energy_kwh: float | None  # the job's energy so far (None: unknown), see aifl_notebook.energy
     language: str
     checked_at: datetime = field(default_factory=lambda: datetime.now(UTC).astimezone())
+    energy_text: str | None = None  # the same in words, with its source ("measured" or "estimate")
 
 
 # ---- the job's environment -----------------------------------------------------------------------
@@ -241,7 +244,9 @@ class SessionProbe:
     def __init__(self, env: Mapping[str, str] | None = None, *, lang: str | None = None,
                  clock: SessionClock | None = None, profiles: Mapping[str, Any] | None = None,
                  user_options: Callable[[Mapping[str, str]], dict[str, Any] | None] = hub_user_options,
-                 nvml: ModuleType | None = None, now: Callable[[], float] = time.time) -> None:
+                 nvml: ModuleType | None = None, now: Callable[[], float] = time.time,
+                 energy: Mapping[str, Any] | None = None,
+                 start_time: Callable[[str], float | None] = squeue_start_time, home: Path | None = None) -> None:
         env = dict(os.environ if env is None else env)
         self.language = lang if lang in LANGUAGES else session_language(env)
         self._now = now
@@ -257,6 +262,10 @@ class SessionProbe:
         site = profiles if profiles is not None else load_profiles()
         self.gpu_type = str(site.get("gpu_type") or "")
         self.profile = self._profile(site.get("profile_list") or [], env, user_options)
+        # Energy: the site's model, when the job started (asked once) and where its agent writes.
+        self._energy_model = energy_model() if energy is None else energy
+        self._started = start_time(self.job_id) if self.job_id and self._energy_model else None
+        self._measured = measured_file(home or Path(pwd.getpwuid(os.getuid()).pw_dir), self.job_id or "")
 
     def _profile(self, profiles: Sequence[Mapping[str, Any]], env: Mapping[str, str],
                  user_options: Callable[[Mapping[str, str]], dict[str, Any] | None]) -> Mapping[str, Any] | None:
@@ -278,6 +287,7 @@ class SessionProbe:
         end = self._clock.end_time() if self.job_id else None
         reading = read_gpu_use(self.gpus, self._nvml)
         note = _GPU_NOTES.get(reading.status)
+        energy = self._energy(reading)
         return SessionInfo(
             job_id=self.job_id,
             profile=self.profile.get("slug") if self.profile else None,
@@ -293,10 +303,24 @@ class SessionProbe:
             gpu_status=reading.status,
             gpu_use=reading.gpus,
             gpu_note=_(note).format(error=reading.error) if note else None,
-            energy_kwh=None,
+            energy_kwh=energy.kwh if energy else None,
             language=self.language,
             checked_at=datetime.fromtimestamp(self._now()).astimezone(),
+            energy_text=describe(energy, self.language) if energy else None,
         )
+
+    def _energy(self, reading: GpuReading) -> Energy | None:
+        """The session's energy so far (measured by its agent, else estimated), None when unknown."""
+        if self._started is None or self.cpus is None or self.memory_gb is None:
+            return None
+        use = [g.utilization_percent / 100 for g in reading.gpus]
+        try:
+            return job_energy(self._energy_model, gpu_type=self.gpu_type, gpus=len(self.gpus), cpus=self.cpus,
+                              memory_gb=self.memory_gb, hours=max(0.0, self._now() - self._started) / 3600,
+                              utilisation=sum(use) / len(use) if use else None,
+                              measured_gpu_joules=read_measured(self._measured))
+        except ValueError:
+            return None
 
 
 def session_info(lang: str | None = None) -> SessionInfo:
@@ -375,7 +399,7 @@ def energy_row(info: SessionInfo) -> tuple[str, str]:
     _ = gettext_for(info.language)
     if info.energy_kwh is None:
         return _("Energy use"), _("not available yet")
-    return _("Energy use"), f"{_number(info.energy_kwh, info.language, 2)} kWh"
+    return _("Energy use"), info.energy_text or f"{_number(info.energy_kwh, info.language, 2)} kWh"
 
 
 def format_session(info: SessionInfo) -> str:

@@ -4,7 +4,8 @@ The server binds to the address of the node Slurm gave the job (not 0.0.0.0) on 
 background thread waits until that port accepts connections and only then posts
 ``{"port": N}`` to the hub, so the hub's first readiness check finds a running server.
 
-JupyterLab's language follows the hub's (``AIFL_LANG``): see :func:`language_environment`.
+JupyterLab's language follows the hub's (``AIFL_LANG``): see :func:`language_environment`. Before the
+server starts, the lab's example notebooks are brought to ``~/examples`` (:mod:`aifl_notebook.examples`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .examples import install_at_start
 from .session import session_language
 
 LANGUAGE_CONFIG = Path(__file__).parent / "language"
@@ -94,6 +96,7 @@ def report_port_when_listening(ip: str, port: int, prefix: str, timeout: float =
 
 def main() -> None:
     """Entry point ``aifl-singleuser [jupyterhub-singleuser arguments]``."""
+    install_at_start()  # the example notebooks in ~/examples (new ones copied, edited ones kept)
     ip = node_address()
     port = free_port(ip)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")

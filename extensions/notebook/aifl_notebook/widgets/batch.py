@@ -1,7 +1,8 @@
 """Batch runs as an ipywidgets view over :mod:`aifl_notebook.batch` (which does all the checking).
 
 ``BatchPanel()`` in a notebook shows a form (notebook, profile, hours, parameters as JSON, optional
-start time) and the user's runs with their state, duration, a link to the output and Cancel.
+start time; "run when the power grid is quiet, finished by …") and the user's runs with their state,
+duration, a link to the output and Cancel (and *Start now* for a run that waits for a quiet grid).
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from ..batch import (
     cancel,
     current_notebook,
     format_duration,
+    grid_line,
+    grid_status,
     home_folder,
     hub_groups,
     list_runs,
     load_profiles,
     parse_parameters,
     profile_hours,
+    start_now,
     submit,
 )
 from ..i18n import gettext_for, language
@@ -64,6 +68,9 @@ class BatchPanel(widgets.VBox):
                                            description=_("Parameters"), layout=widgets.Layout(width="60%"))
         self.begin = widgets.Text(placeholder="2026-12-01 22:00", description=_("Start at"),
                                   layout=widgets.Layout(width="320px"))
+        self.grid_quiet = widgets.Checkbox(description=_("Run when the power grid is quiet"), indent=False)
+        self.deadline = widgets.Text(placeholder="2026-12-01 08:00", description=_("Finished by"),
+                                     layout=widgets.Layout(width="320px"))
         self.submit_button = widgets.Button(description=_("Run as a batch job"), button_style="primary")
         self.refresh_button = widgets.Button(description=_("Refresh"))
         self.profile.observe(self._set_hours, names="value")
@@ -71,6 +78,8 @@ class BatchPanel(widgets.VBox):
         self.submit_button.on_click(self._submit)
         self.refresh_button.on_click(lambda _button: self.refresh())
         form = [self.notebook, self.profile, self.hours, self.parameters, self.begin,
+                widgets.HBox([self.grid_quiet, self.deadline]),
+                widgets.HTML(html.escape(grid_line(grid_status(), self.lang))),
                 widgets.HBox([self.submit_button, self.refresh_button]), self.message]
         title = _("Your batch runs")
         super().__init__([*form, widgets.HTML(f"<b>{html.escape(title)}</b>"), self.runs], **kwargs)
@@ -101,7 +110,8 @@ class BatchPanel(widgets.VBox):
         try:
             options = BatchOptions(notebook=self.notebook.value, profile=self.profile.value, hours=self.hours.value,
                                    parameters=parse_parameters(self.parameters.value, self.lang),
-                                   begin=self.begin.value or None)
+                                   begin=self.begin.value or None, grid_quiet=self.grid_quiet.value,
+                                   deadline=self.deadline.value or None)
             run = submit(options, lang=self.lang)
         except BatchError as error:
             self._show(error.message, error=True)
@@ -120,6 +130,16 @@ class BatchPanel(widgets.VBox):
         self._show(_("Job {job} is cancelled.").format(job=run.job_id))
         self.refresh()
 
+    def _start_now(self, run: BatchRun) -> None:
+        _ = gettext_for(self.lang)
+        try:
+            start_now(run.run_id, lang=self.lang)
+        except BatchError as error:
+            self._show(error.message, error=True)
+            return
+        self._show(_("Job {job} no longer waits for a quiet grid.").format(job=run.job_id))
+        self.refresh()
+
     def refresh(self) -> list[BatchRun]:
         """Read the runs again and show them; return them."""
         _ = gettext_for(self.lang)
@@ -136,6 +156,10 @@ class BatchPanel(widgets.VBox):
         if run.error:
             parts.append(f'<span style="color: var(--jp-error-color1, #c00)">{html.escape(run.error)}</span>')
         row: list[widgets.Widget] = [widgets.HTML(" · ".join(p for p in parts if p))]
+        if run.grid_wait:
+            start = widgets.Button(description=_("Start now"), layout=widgets.Layout(width="auto"))
+            start.on_click(lambda _button, run=run: self._start_now(run))
+            row.append(start)
         if run.active:
             button = widgets.Button(description=_("Cancel"), button_style="warning",
                                     layout=widgets.Layout(width="auto"))
