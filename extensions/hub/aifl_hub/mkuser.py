@@ -23,6 +23,7 @@ import sys
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 SETTINGS = "/etc/aifl/mkuser.json"
 UID_HIGH_WATER = "/etc/aifl/uid-high-water"
+LOCK = "/etc/aifl/mkuser.lock"
 FIRST_UID, LAST_UID = 1000, 60000
 
 
@@ -38,23 +39,20 @@ def run(argv: list[str]) -> subprocess.CompletedProcess:
 
 
 def add_account(name: str, home_base: str, group: str) -> None:
-    """``useradd`` with a UID above every account's and every UID given before (locked against parallel runs)."""
-    with open(UID_HIGH_WATER, "a+") as mark:
-        fcntl.flock(mark, fcntl.LOCK_EX)
-        mark.seek(0)
-        try:
+    """``useradd`` with a UID above every account's and every UID given before (runs hold :data:`LOCK`)."""
+    try:
+        with open(UID_HIGH_WATER) as mark:
             high = int(mark.read().strip() or 0)
-        except ValueError:
-            high = 0
-        used = [e.pw_uid for e in pwd.getpwall() if FIRST_UID <= e.pw_uid <= LAST_UID]
-        uid = max([high, FIRST_UID - 1, *used]) + 1
-        if uid > LAST_UID:
-            raise SystemExit("aifl-mkuser: no UID left for a new account")
-        run(["useradd", "--create-home", "--home-dir", f"{home_base}/{name}", "--shell", "/bin/bash",
-             "--uid", str(uid), "--user-group", "--groups", group, name])
-        os.chmod(f"{home_base}/{name}", 0o700)  # private: other lab users (say, a workshop's) cannot look in
-        mark.seek(0)
-        mark.truncate()
+    except (OSError, ValueError):
+        high = 0
+    used = [e.pw_uid for e in pwd.getpwall() if FIRST_UID <= e.pw_uid <= LAST_UID]
+    uid = max([high, FIRST_UID - 1, *used]) + 1
+    if uid > LAST_UID:
+        raise SystemExit("aifl-mkuser: no UID left for a new account")
+    run(["useradd", "--create-home", "--home-dir", f"{home_base}/{name}", "--shell", "/bin/bash",
+         "--uid", str(uid), "--user-group", "--groups", group, name])
+    os.chmod(f"{home_base}/{name}", 0o700)  # private: other lab users (say, a workshop's) cannot look in
+    with open(UID_HIGH_WATER, "w") as mark:
         mark.write(f"{uid}\n")
 
 
@@ -101,8 +99,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except subprocess.CalledProcessError as exc:
-        print(f"aifl-mkuser: {' '.join(exc.cmd)} failed: {exc.stderr.strip()}", file=sys.stderr)
-        sys.exit(1)
+    # One at a time: Slurm 22.05's slurmdbd dies on a database deadlock when several "sacctmgr add user"
+    # run at once (a workshop class joining together), so parallel runs wait for each other here.
+    with open(LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            main()
+        except subprocess.CalledProcessError as exc:
+            print(f"aifl-mkuser: {' '.join(exc.cmd)} failed: {exc.stderr.strip()}", file=sys.stderr)
+            sys.exit(1)
