@@ -108,9 +108,10 @@ def test_without_nvml_the_agent_ends_and_writes_nothing(tmp_path, monkeypatch, c
     assert not output.exists()
 
 
-@pytest.mark.skipif(not ENV_PYTHON.exists(), reason="the notebook environment is not built (./lab up)")
-def test_the_real_nvml_library_without_a_driver_degrades_to_an_estimate(tmp_path):
-    """nvidia-ml-py of the notebook environment, on this machine without an NVIDIA driver: nothing is written."""
+@pytest.mark.cluster
+def test_the_real_nvml_library_without_a_driver_degrades_to_an_estimate(lab_system, tmp_path):
+    """nvidia-ml-py of the notebook environment (built by ``./lab up``), on this machine without an NVIDIA
+    driver: nothing is written."""
     output = tmp_path / "job.json"
     result = subprocess.run([str(ENV_PYTHON), "-m", "aifl_notebook.energy_agent", "--output", str(output)],
                             env={"SLURM_JOB_ID": "1", "SLURM_JOB_GPUS": "0", "PATH": "/usr/bin:/bin"},

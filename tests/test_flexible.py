@@ -305,10 +305,9 @@ def test_an_unreadable_grid_file_falls_back_to_the_weekly_profile_with_a_warning
     assert not (tmp_path / "grid-releases.jsonl").exists()
 
 
-def test_the_widget_offers_the_quiet_grid_and_start_now():
+@pytest.mark.cluster
+def test_the_widget_offers_the_quiet_grid_and_start_now(lab_system):
     """The ipywidgets view in the notebook environment (ipywidgets is only there), in Dutch."""
-    if not (ENV / "etc" / "aifl" / "profiles.json").exists():
-        pytest.skip("the notebook environment is built by ./lab up")
     code = """
 import json
 from pathlib import Path

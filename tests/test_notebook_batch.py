@@ -593,10 +593,9 @@ def test_every_message_has_a_dutch_translation_with_the_same_fields():
         assert {f[1] for f in string.Formatter().parse(dutch) if f[1]} == fields, message
 
 
-def test_the_widget_in_the_notebook_environment():
+@pytest.mark.cluster
+def test_the_widget_in_the_notebook_environment(lab_system):
     """The ipywidgets view (ipywidgets is only in the notebook environment): profiles, hours, a refusal in Dutch."""
-    if not (ENV / "etc" / "aifl" / "profiles.json").exists():
-        pytest.skip("the notebook environment is built by ./lab up")
     code = """
 import json
 from aifl_notebook.widgets.batch import BatchPanel
