@@ -400,3 +400,14 @@ def test_wrong_codes_are_refused_politely_then_rate_limited(hub):
     limited = join("WRONGAGAIN", "Someone")[1]
     assert limited.status_code == 429 and "Too many attempts" in limited.text
     time.sleep(61)
+
+
+def test_a_seat_never_moves_a_members_default_slurm_account(hub, users):
+    """A member of an organisation who joins a workshop keeps working for their organisation by default."""
+    name, _token = users(org="umcg")
+    mkuser = ["/usr/local/sbin/aifl-mkuser", name]
+    subprocess.run([*mkuser, "umcg"], check=True, capture_output=True, timeout=60)
+    subprocess.run([*mkuser, "expertise-centre"], check=True, capture_output=True, timeout=60)  # as a seat does
+    assert slurm("sacctmgr", "-nP", "show", "user", name, "format=DefaultAccount").strip() == "umcg"
+    accounts = slurm("sacctmgr", "-nP", "show", "assoc", f"user={name}", "format=Account").split()
+    assert {"umcg", "expertise-centre"} <= set(accounts)

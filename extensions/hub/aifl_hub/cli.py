@@ -241,6 +241,8 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
         "sacctmgr": f"{slurm_bin}/sacctmgr", "job_log_dir": site["spawner"].get("job_log_dir", ".aifl/logs"),
         "accounts": [site["accounting"]["default_account"],
                      *(org["name"] for org in site.get("organisations", {}).get("list", []))],
+        # accounts that are never made the default of a user Slurm already knows: workshop seats
+        "seat_accounts": [site["workshops"]["organisation"]] if site.get("workshops") else [],
     }
     write_file(ETC / "mkuser.json", json.dumps(settings, indent=2) + "\n", mode=0o644)
     write_file(MKUSER, (Path(__file__).parent / "mkuser.py").read_text(), mode=0o755)

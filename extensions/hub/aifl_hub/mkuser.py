@@ -87,11 +87,15 @@ def main() -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
     assoc = run([sacctmgr, "-n", "-P", "show", "assoc", f"user={name}", f"account={account}", "format=user"])
     known = bool(run([sacctmgr, "-n", "-P", "show", "user", name, "format=user"]).stdout.strip())
+    # A workshop seat's account never becomes the default of someone Slurm knew before (they keep
+    # working for their own organisation); it is the default only of new, temporary participants.
+    keep_default = known and account in settings.get("seat_accounts", [])
     if not assoc.stdout.strip():
-        run([sacctmgr, "-i", "add", "user", name, f"account={account}", f"defaultaccount={account}"])
+        default_arg = [] if keep_default else [f"defaultaccount={account}"]
+        run([sacctmgr, "-i", "add", "user", name, f"account={account}", *default_arg])
     # A user Slurm knew before may have another default account. (Right after adding a new user the
     # answer can lag behind, and "modify" then finds nothing to change and fails: new users are done.)
-    if len(sys.argv) == 3 and known:
+    if len(sys.argv) == 3 and known and not keep_default:
         default = run([sacctmgr, "-n", "-P", "show", "user", name, "format=defaultaccount"]).stdout.strip()
         if default != account:
             run([sacctmgr, "-i", "modify", "user", "where", f"name={name}", "set", f"defaultaccount={account}"])
