@@ -14,6 +14,7 @@ import importlib.util
 import json
 import pwd
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,10 @@ def test_the_dask_and_batch_notebooks_run_in_a_users_session_from_the_copies_in_
         assert pwd.getpwuid(out.stat().st_uid).pw_name == name
         check(notebook, summary(executed), printed(executed))
     assert wait_no_workers(name, timeout=60) < 60
-    # The batch runs were jobs of the user, charged like the session, and they completed.
-    jobs = slurm("sacct", "-n", "-X", "-P", "-u", name, "--name", "aifl-batch", "-o", "User,State").split()
-    assert len(jobs) == 2 and all(line == f"{name}|COMPLETED" for line in jobs), jobs
+    # The batch runs were jobs of the user, charged like the session, and they completed. (Slurm's
+    # accounting hears of a job's end a moment after the job itself: wait for it.)
+    expected, deadline = [f"{name}|COMPLETED"] * 2, time.monotonic() + 60
+    while (jobs := slurm("sacct", "-n", "-X", "-P", "-u", name, "--name", "aifl-batch", "-o", "User,State")
+           .split()) != expected and time.monotonic() < deadline:
+        time.sleep(1)
+    assert jobs == expected, jobs

@@ -251,12 +251,7 @@ def read_json_file(path: str) -> Any:
             raw = fh.read(MAX_BYTES + 1)
     except OSError as exc:
         raise GridError(f"{path} cannot be read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_BYTES:
-        raise GridError(f"{path} is larger than {MAX_BYTES} bytes")
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise GridError(f"{path} is not valid JSON: {exc}") from None
+    return _json(raw, path)
 
 
 def read_json_url(url: str, timeout: float = 10) -> Any:
@@ -268,12 +263,17 @@ def read_json_url(url: str, timeout: float = 10) -> Any:
             raw = response.read(MAX_BYTES + 1)
     except OSError as exc:
         raise GridError(f"{url} cannot be read: {exc}") from None
+    return _json(raw, url)
+
+
+def _json(raw: bytes, where: str) -> Any:
+    """``raw`` (read from ``where``, at most one byte over the limit) as JSON, or :class:`GridError`."""
     if len(raw) > MAX_BYTES:
-        raise GridError(f"{url} gave more than {MAX_BYTES} bytes")
+        raise GridError(f"{where} gives more than {MAX_BYTES} bytes")
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise GridError(f"{url} did not give valid JSON: {exc}") from None
+        raise GridError(f"{where} is not valid JSON: {exc}") from None
 
 
 def builtin_profile(grid: Mapping[str, Any]) -> WeeklyProfile:

@@ -849,15 +849,20 @@ def grid_line(status: Mapping[str, Any], lang: str | None = None, now: datetime 
     return " ".join([text, _("There are no quiet hours in the next 48 hours.")])
 
 
-def start_now(run_id: str, *, home: Path | None = None, lang: str | None = None) -> None:
-    """Start a run that waits for a quiet grid now instead (``scontrol release``). :class:`BatchError` if it cannot."""
-    _ = gettext_for(lang)
+def _job_of_run(run_id: str, home: Path | None, _: Callable[[str], str]) -> str:
+    """The Slurm job of run ``run_id`` (its folder's name), or :class:`BatchError` if there is no such run."""
     home = home or home_folder()
     meta = _read_json(home / RUNS_DIR / run_id / META) if isinstance(run_id, str) and _RUN_ID.match(run_id) else None
     job_id = str(meta.get("job_id", "")) if isinstance(meta, dict) else ""
     if not _JOB_ID.match(job_id):
         raise BatchError("run", _("There is no batch run {run}.").format(run=run_id))
-    result = _slurm("scontrol", "release", job_id)
+    return job_id
+
+
+def start_now(run_id: str, *, home: Path | None = None, lang: str | None = None) -> None:
+    """Start a run that waits for a quiet grid now instead (``scontrol release``). :class:`BatchError` if it cannot."""
+    _ = gettext_for(lang)
+    result = _slurm("scontrol", "release", _job_of_run(run_id, home, _))
     if not result or result.returncode != 0:
         reason = (result.stderr.strip() if result else "") or _("scontrol was not found")
         raise BatchError("run", _("The batch run could not be started now: {reason}").format(reason=reason))
@@ -866,12 +871,7 @@ def start_now(run_id: str, *, home: Path | None = None, lang: str | None = None)
 def cancel(run_id: str, *, home: Path | None = None, lang: str | None = None) -> None:
     """Cancel run ``run_id`` (its folder's name): ``scancel`` of its job. :class:`BatchError` if unknown."""
     _ = gettext_for(lang)
-    home = home or home_folder()
-    meta = _read_json(home / RUNS_DIR / run_id / META) if isinstance(run_id, str) and _RUN_ID.match(run_id) else None
-    job_id = str(meta.get("job_id", "")) if isinstance(meta, dict) else ""
-    if not _JOB_ID.match(job_id):
-        raise BatchError("run", _("There is no batch run {run}.").format(run=run_id))
-    result = _slurm("scancel", job_id)
+    result = _slurm("scancel", _job_of_run(run_id, home, _))
     if not result or result.returncode != 0:
         reason = (result.stderr.strip() if result else "") or _("scancel was not found")
         raise BatchError("run", _("The batch run could not be cancelled: {reason}").format(reason=reason))
