@@ -11,18 +11,18 @@ from datetime import datetime, timedelta
 
 import pytest
 from conftest import BASE, Hub, browser_session, remove_account, slurm
-from playwright.sync_api import Playwright, expect, sync_playwright
-from test_browser import CHROMIUM, CHROMIUM_ARGS, LAB_TIMEOUT_MS, RequestLog, log_in, shot
+from playwright.sync_api import expect
+from test_browser import (  # noqa: F401 - playwright is a fixture used by name
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LAB_TIMEOUT_MS,
+    RequestLog,
+    log_in,
+    playwright,
+    shot,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
-
-
-@pytest.fixture
-def playwright() -> Iterator[Playwright]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed")
-    with sync_playwright() as p:
-        yield p
 
 
 @pytest.fixture
@@ -37,7 +37,8 @@ def trainer(hub: Hub) -> Iterator[tuple[str, str]]:
     remove_account(name)
 
 
-def test_trainer_creates_a_workshop_and_a_participant_joins_by_the_link(hub: Hub, trainer, playwright) -> None:
+def test_trainer_creates_a_workshop_and_a_participant_joins_by_the_link(
+        hub: Hub, trainer, playwright) -> None:  # noqa: F811 - the fixture
     name, password = trainer
     start = datetime.now()
     if (start + timedelta(hours=2)).date() != start.date():
