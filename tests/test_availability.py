@@ -42,6 +42,7 @@ class Ask:
     gpus: int
     cpus: int
     memory_gb: int
+    shards: int = 0
 
 
 # The shipped site file's profiles.
@@ -102,7 +103,7 @@ def test_jobs_from_squeue():
     two_nodes = jobs["92"]
     assert (two_nodes.state, two_nodes.nodes, two_nodes.num_nodes) == ("R", ("gpu03", "gpu04"), 2)
     assert two_nodes.ends_at == datetime(2026, 11, 25, 16, 3, 54)
-    assert two_nodes.per_node == (1, 2, 4096)
+    assert two_nodes.per_node == (1, 2, 4096, 0)
     pending = jobs["93"]
     assert (pending.state, pending.reason, pending.priority, pending.nodes) == ("PD", "Resources", 10000, ())
     assert (pending.gpus, pending.cpus, pending.memory_mb, pending.time_limit) == (4, 4, 20480, timedelta(hours=2))

@@ -68,9 +68,9 @@ def test_slurm_conf_settings_the_lab_relies_on():
     assert "cgroup" not in conf["TaskPlugin"]
     assert "batch_sched_delay=0" in conf["SchedulerParameters"]
     assert conf["SelectType"] == "select/cons_tres"
-    assert conf["GresTypes"] == "gpu"
+    assert conf["GresTypes"] == "gpu,shard"
     assert conf["AccountingStorageType"] == "accounting_storage/slurmdbd"
-    assert conf["AccountingStorageTRES"] == "gres/gpu"
+    assert conf["AccountingStorageTRES"] == "gres/gpu,gres/shard"
     assert set(conf["AccountingStorageEnforce"].split(",")) == {"associations", "limits", "qos", "safe"}
     assert conf["PriorityType"] == "priority/multifactor"
     assert conf["JobAcctGatherType"] == "jobacct_gather/linux"
@@ -83,7 +83,7 @@ def test_node_lines():
     assert list(nodes) == ["gpu01", "gpu02", "gpu03", "gpu04", "cpu01"]
     assert [n["Port"] for n in nodes.values()] == ["17001", "17002", "17003", "17004", "17005"]
     assert all(n["NodeHostname"] == "labhost" and n["NodeAddr"] == "127.0.0.1" for n in nodes.values())
-    assert nodes["gpu01"]["Gres"] == "gpu:h200:4"
+    assert nodes["gpu01"]["Gres"] == "gpu:h200:4,shard:32"  # 8 sessions may share each GPU
     assert nodes["gpu01"]["CPUs"] == "64" and nodes["gpu01"]["RealMemory"] == str(512 * 1024)
     assert "Gres" not in nodes["cpu01"]
     assert nodes["cpu01"]["CPUs"] == "16" and nodes["cpu01"]["RealMemory"] == str(64 * 1024)
@@ -114,10 +114,21 @@ def test_no_cpu_nodes_makes_gpu_partition_default():
 
 @pytest.mark.parametrize(("gpus", "files"), [(4, "/dev/nvidia[0-3]"), (1, "/dev/nvidia0"), (8, "/dev/nvidia[0-7]")])
 def test_gres_conf_lists_one_device_file_per_gpu(gpus, files):
-    site = site_with(gpu_nodes={"gpus_per_node": gpus, "count": 2, "gpu_type": "a100"})
+    site = site_with(gpu_nodes={"gpus_per_node": gpus, "count": 2, "gpu_type": "a100", "shards_per_gpu": 0})
     (gres,) = lines(render(site)[GRES], "NodeName=")
     assert gres == {"NodeName": "gpu01,gpu02", "Name": "gpu", "Type": "a100", "File": files}
-    assert f"Gres=gpu:a100:{gpus}" in render(site)[SLURM]
+    assert f"Gres=gpu:a100:{gpus} " in render(site)[SLURM]
+    assert settings(render(site)[SLURM])["GresTypes"] == "gpu"
+
+
+def test_shared_gpus_have_shards_per_device_file():
+    site = site_with(gpu_nodes={"gpus_per_node": 2, "count": 2, "gpu_type": "a100", "shards_per_gpu": 4})
+    gpu, *shards = lines(render(site)[GRES], "NodeName=")
+    assert gpu["Name"] == "gpu"
+    assert shards == [{"NodeName": "gpu01,gpu02", "Name": "shard", "Count": "4", "File": f"/dev/nvidia{i}"}
+                      for i in range(2)]
+    assert "Gres=gpu:a100:2,shard:8 " in render(site)[SLURM]
+    assert settings(render(site)[SLURM])["GresTypes"] == "gpu,shard"
 
 
 def test_gres_conf_without_gpu_nodes_has_no_gpu_line():

@@ -35,7 +35,9 @@ def test_the_plan_creates_categories_before_organisations_and_the_promise_in_qos
     commands = plan(SITE, Current()).commands
     adds = [c[2] for c in commands if c[:2] == ["add", "account"]]
     assert adds.index("regional") < adds.index("umcg") and adds.index("national") < adds.index("tu-eindhoven")
-    assert ["modify", "qos", "where", "name=interactive", "set", "priority=100", "grptres=gres/gpu=12"] in commands
+    # 75% of 16 GPUs; shared GPUs are capped alike (8 shards per GPU).
+    assert ["modify", "qos", "where", "name=interactive", "set", "priority=100",
+            "grptres=gres/gpu=12,gres/shard=96"] in commands
     assert ["modify", "qos", "where", "name=regional", "set", "priority=1000", "preempt=flex"] in commands
     umcg = account_settings(SITE)["umcg"]
     assert (umcg["parent"], umcg["defaultqos"]) == ("regional", "regional")
@@ -62,9 +64,9 @@ def test_a_changed_budget_policy_sets_or_clears_slurm_budgets():
 
 
 def test_sacctmgr_output_is_read_back():
-    qos = parse_qos("normal|0|||\nregional|1000|flex||\ninteractive|100||gres/gpu=12|\n")
+    qos = parse_qos("normal|0|||\nregional|1000|flex||\ninteractive|100||gres/shard=96,gres/gpu=12|\n")
     assert qos["regional"] == {"priority": "1000", "preempt": "flex", "grptres": ""}
-    assert qos["interactive"]["grptres"] == "gres/gpu=12"
+    assert qos["interactive"]["grptres"] == "gres/gpu=12,gres/shard=96"  # in the order the plan writes
     accounts = parse_accounts("root||||normal|\nregional||root|overbudget,regional|regional|\n"
                               "umcg||regional|regional,overbudget|regional|gres/gpu=120000\n"
                               "umcg|alice|regional|overbudget,regional|regional|\n")

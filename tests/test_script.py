@@ -45,6 +45,15 @@ def test_cpu_session_asks_for_no_gpu():
     assert "#SBATCH --partition=cpu" in script
 
 
+def test_a_share_of_a_gpu_asks_for_a_shard_and_never_for_whole_gpus():
+    request = validate_options(SITE, {"profile": "workshop-gpu-share"})
+    script = build_script(request, JOB)
+    assert [line for line in script.splitlines() if "--gres" in line] == ["#SBATCH --gres=shard:1"]
+    assert "#SBATCH --partition=gpu\n" in script
+    with pytest.raises(ScriptError, match="whole GPUs or a share"):
+        build_script(SessionRequest(**{**request.__dict__, "gpus": 1}), JOB)
+
+
 def test_command_arguments_are_quoted():
     job = JobSpec(**{**JOB.__dict__, "command": ["/opt/x/bin/run", "--name=a b; id", "$(id)"]})
     last = build_script(validate_options(SITE, {}), job).splitlines()[-1]

@@ -16,6 +16,10 @@ def test_what_you_get_in_plain_words():
         "4 GPU's (H200), 64 CPU-kernen, 480 GB geheugen, tot 8 uur"
     assert what_you_get({"gpus": 0, "cpus": 1, "memory_gb": 8, "hours": 1}, "h200", "en") == \
         "No GPU, 1 CPU core, 8 GB memory, up to 1 hour"
+    share = {"gpus": 0, "shards": 1, "cpus": 2, "memory_gb": 8, "hours": 4}
+    assert what_you_get(share, "h200", "en", 8) == \
+        "1/8 of a GPU (H200), shared with others, 2 CPU cores, 8 GB memory, up to 4 hours"
+    assert what_you_get(share, "h200", "nl", 8).startswith("1/8 van een GPU (H200), gedeeld met anderen, ")
 
 
 def test_energy_line_is_labelled_an_estimate_and_marks_its_numbers():

@@ -23,6 +23,7 @@ import requests
 from conftest import BASE, remove_account, slurm
 
 PROFILE = "workshop-cpu"
+SHARED_GPU = "workshop-gpu-share"
 pytestmark = pytest.mark.usefixtures("lab_system")
 
 
@@ -244,18 +245,16 @@ def _run_workshop(hub, token: str, workshop: dict, users) -> None:
 
 
 def test_a_full_class_joins_and_starts_at_the_same_moment(hub, trainer):
-    """As many seats as the CPU node has free cores (16 when idle, one each) join with the code at once: all
-    of them run in the reservation, none fails. (Other tests may use a few of the node's cores meanwhile.)"""
+    """32 people join with the code at the same moment, each with an eighth of a GPU (gres/shard): all 32
+    sessions run inside the reservation, on one GPU node, none fails; the trainer's view lists them."""
     _, token = trainer
-    idle = int(slurm("sinfo", "-h", "-n", "cpu01", "-o", "%C").strip().split("/")[1])
-    if idle < 4:
-        pytest.skip(f"the CPU node has only {idle} free cores now")
-    seats = min(16, idle)
+    seats = 32
     r = hub.api("POST", "/workshops", token=token, json={
-        "title": "Full class", **window(), "seats": seats, "profile": PROFILE, "material": "getting-started"})
+        "title": "Full class", **window(), "seats": seats, "profile": SHARED_GPU, "material": "getting-started"})
     assert r.status_code == 201, r.text
     workshop = r.json()
     try:
+        assert "NodeCnt=1 " in slurm("scontrol", "show", "reservation", workshop["reservation"])
         barrier = threading.Barrier(seats)
 
         def one(n: int) -> str:
@@ -274,9 +273,11 @@ def test_a_full_class_joins_and_starts_at_the_same_moment(hub, trainer):
         assert len(set(names)) == seats
         for name in names:
             hub.wait_ready(name, timeout=600)
-        jobs = slurm("squeue", "-h", "-o", "%u|%v|%T", "-R", workshop["reservation"]).split()
-        assert sorted(line.split("|")[0] for line in jobs) == sorted(names)
-        assert all(line.endswith("|RUNNING") for line in jobs)
+        jobs = [line.split("|") for line in slurm("squeue", "-h", "-o", "%u|%T|%N|%b", "-R",
+                                                     workshop["reservation"]).split()]
+        assert sorted(user for user, *_ in jobs) == sorted(names)
+        assert {(state, gres) for _, state, _, gres in jobs} == {("RUNNING", "gres:shard:1")}
+        assert len({node for _, _, node, _ in jobs}) == 1  # 32 seats share the 4 GPUs of one node
         view = hub.api("GET", f"/workshops/{workshop['id']}", token=token).json()
         assert sorted(p["name"] for p in view["participants"]) == sorted(names)
         assert all(p["server"] == "running" for p in view["participants"])

@@ -123,6 +123,19 @@ def test_sinfo_is_read_per_node():
                                  Node("cpu01", 16, 65536, 0)]
 
 
+def test_shared_gpu_seats_fit_by_shards_and_reserve_whole_nodes():
+    text = "gpu01|64|524288|gpu:h200:4,shard:32\ngpu02|64|524288|gpu:h200:4(S:0),shard:32(S:0)\n"
+    nodes = parse_sinfo(text)
+    assert nodes == [Node("gpu01", 64, 524288, 4, 32), Node("gpu02", 64, 524288, 4, 32)]
+    share = {"partition": "gpu", "gpus": 0, "shards": 1, "cpus": 2, "memory_gb": 8, "hours": 4}
+    assert plan_reservation(share, 32, nodes, "en") == ReservationPlan("gpu", nodes=1)
+    assert plan_reservation(share, 33, nodes, "en") == ReservationPlan("gpu", nodes=2)
+    with pytest.raises(WorkshopError, match="at most 64 seats"):
+        plan_reservation(share, 65, nodes, "en")
+    # Four CPU cores a seat: the cores, not the shards, limit a node to 16.
+    assert plan_reservation({**share, "cpus": 4}, 17, nodes, "en") == ReservationPlan("gpu", nodes=2)
+
+
 def test_cpu_seats_reserve_cores_and_gpu_seats_whole_nodes():
     assert plan_reservation(CPU, 12, CPU_NODES, "en") == ReservationPlan("cpu", cores=12)
     assert plan_reservation(GPU, 1, GPU_NODES, "en") == ReservationPlan("gpu", nodes=1)

@@ -21,9 +21,11 @@ The decision, for a profile asking for GPUs, CPU cores and memory on one node of
 
 A pending job that fits right now is rare (Slurm starts it within its next scheduling pass), but
 backfill runs only every 30 s, so counting it keeps "free" honest in between; "free" itself means
-room exists now, and a new job may still wait for that pass. Limits: GPUs are counted whatever
-their type; jobs of partitions outside the site's own are not read (room they hold on a shared node
-counts as never freed); reserved nodes count as closed, also for a session that has a reservation.
+room exists now, and a new job may still wait for that pass. A share of a GPU (gres/shard) is counted
+like a fourth resource; a GPU held whole leaves its shards unusable and a GPU with shards in use is not
+free whole (spread evenly, an estimate). Limits: GPUs are counted whatever their type; jobs of
+partitions outside the site's own are not read (room they hold on a shared node counts as never freed);
+reserved nodes count as closed, also for a session that has a reservation.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ WAITING_FOR_ROOM = frozenset({"Resources", "Priority", "None"})
 
 _PARTITION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MEMORY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTP]?)$")
+Amount = tuple[int, int, int, int]  # GPUs, CPUs, memory in MB, GPU shards
 _MB_PER_UNIT = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
 
 
@@ -81,6 +84,7 @@ class Ask(Protocol):
     gpus: int
     cpus: int
     memory_gb: int
+    shards: int
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,16 @@ class Node:
     memory_alloc_mb: int
     gpus: int
     gpus_used: int
+    shards: int = 0
+    shards_used: int = 0
+
+    @property
+    def free(self) -> list[int]:
+        """Idle GPUs, CPUs, memory (MB) and shards; whole GPUs and shards of one GPU exclude each other."""
+        per_gpu = self.shards // self.gpus if self.gpus else 0
+        gpus_free = self.gpus - self.gpus_used - (math.ceil(self.shards_used / per_gpu) if per_gpu else 0)
+        shards_free = self.shards - self.shards_used - self.gpus_used * per_gpu
+        return [max(gpus_free, 0), self.cpus_idle, self.memory_mb - self.memory_alloc_mb, max(shards_free, 0)]
 
 
 @dataclass(frozen=True)
@@ -130,12 +144,13 @@ class Job:
     memory_mb: int
     gpus: int
     nodes: tuple[str, ...]
+    shards: int = 0
 
     @property
-    def per_node(self) -> tuple[int, int, int]:
-        """GPUs, CPUs and memory (MB) it holds on each of its nodes (spread evenly)."""
+    def per_node(self) -> Amount:
+        """GPUs, CPUs, memory (MB) and GPU shards it holds on each of its nodes (spread evenly)."""
         n = max(self.num_nodes, len(self.nodes), 1)
-        return self.gpus // n, self.cpus // n, self.memory_mb // n
+        return self.gpus // n, self.cpus // n, self.memory_mb // n, self.shards // n
 
 
 @dataclass(frozen=True)
@@ -220,6 +235,14 @@ def parse_tres(text: str) -> tuple[int, int, int]:
             int(gpus) if gpus.isdigit() else 0)
 
 
+def tres_shards(text: str) -> int:
+    """GPU shards of a TRES list (``cpu=2,mem=8G,gres/shard=1``; typed counts only where no total is given)."""
+    values: dict[str, str] = dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+    counts = [values["gres/shard"]] if "gres/shard" in values else [
+        v for k, v in values.items() if k.startswith("gres/shard:")]
+    return sum(int(v) for v in counts if v.isdigit())
+
+
 def parse_time_limit(text: str) -> timedelta | None:
     """A Slurm time limit (``30:00``, ``8:00:00``, ``2-00:00:00``) as a timedelta; ``None`` if unlimited or unknown."""
     days, _, clock = text.strip().rpartition("-")
@@ -272,6 +295,8 @@ def parse_nodes(text: str) -> tuple[tuple[Node, ...], frozenset[str]]:
             memory_alloc_mb=int(alloc_mem) if alloc_mem.isdigit() else 0,
             gpus=gres_count(gres),
             gpus_used=gres_count(gres_used),
+            shards=gres_count(gres, "shard"),
+            shards_used=gres_count(gres_used, "shard"),
         )
     return tuple(nodes.values()), frozenset(up)
 
@@ -299,6 +324,7 @@ def parse_jobs(text: str) -> tuple[Job, ...]:
             memory_mb=memory,
             gpus=gpus,
             nodes=expand_hostlist(nodelist),
+            shards=tres_shards(tres),
         ))
     return tuple(jobs)
 
@@ -312,10 +338,11 @@ def estimate(snapshot: Snapshot, ask: Ask, now: datetime | None = None,
              horizon: timedelta = WAIT_HORIZON) -> Availability:
     """How soon ``ask`` could start on ``snapshot``'s cluster (see the module docstring for the rules)."""
     now = now or datetime.now()
-    need = (ask.gpus, ask.cpus, ask.memory_gb * 1024)
+    need = (ask.gpus, ask.cpus, ask.memory_gb * 1024, ask.shards)
     nodes = [n for n in snapshot.nodes if ask.partition in n.partitions and n.takes_jobs]
     if ask.partition not in snapshot.partitions_up or not any(
-            n.gpus >= need[0] and n.cpus >= need[1] and n.memory_mb >= need[2] for n in nodes):
+            n.gpus >= need[0] and n.cpus >= need[1] and n.memory_mb >= need[2] and n.shards >= need[3]
+            for n in nodes):
         return Availability("unavailable", reason="no_node")
     start = _Replay(snapshot, nodes, now).first_room(ask.partition, need)
     if start is None:
@@ -327,7 +354,6 @@ def estimate(snapshot: Snapshot, ask: Ask, now: datetime | None = None,
     return Availability("full", until=start)
 
 
-Amount = tuple[int, int, int]  # GPUs, CPUs, memory in MB
 
 
 class _Replay:
@@ -335,7 +361,7 @@ class _Replay:
 
     def __init__(self, snapshot: Snapshot, nodes: list[Node], now: datetime) -> None:
         self.snapshot, self.now = snapshot, now
-        self.free = {n.name: [n.gpus - n.gpus_used, n.cpus_idle, n.memory_mb - n.memory_alloc_mb] for n in nodes}
+        self.free = {n.name: n.free for n in nodes}
         self.ends: list[tuple[datetime, int, str, Amount]] = []  # (when, tie-breaker, node, what it gives back)
         self.order = itertools.count()
         for job in snapshot.jobs:

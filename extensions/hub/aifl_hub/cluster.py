@@ -64,10 +64,17 @@ def _nodes(site: Site) -> list[dict[str, Any]]:
             nodes.append({
                 "name": f"{spec['prefix']}{i:02d}", "partition": cluster["partitions"][kind],
                 "cpus": spec["cpus"], "memory_mb": spec["memory_gb"] * 1024,
-                "gres": f"gpu:{spec['gpu_type']}:{spec['gpus_per_node']}" if kind == "gpu" else "",
+                "gres": _node_gres(spec) if kind == "gpu" else "",
                 "port": FIRST_NODE_PORT + len(nodes),
             })
     return nodes
+
+
+def _node_gres(spec: dict[str, Any]) -> str:
+    """The Gres of a GPU node: its GPUs, and their shards where the site shares GPUs."""
+    gres = f"gpu:{spec['gpu_type']}:{spec['gpus_per_node']}"
+    shards = spec.get("shards_per_gpu", 0)
+    return f"{gres},shard:{shards * spec['gpus_per_node']}" if shards else gres
 
 
 def node_names(site: Site) -> list[str]:
@@ -105,6 +112,8 @@ def render_configs(site: Site, *, hostname: str, dbd_password: str) -> dict[str,
         "nodes": nodes, "partitions": list(partitions.values()),
         "gpu_nodes": [n["name"] for n in nodes if n["gres"]], "gpu_type": gpu_type,
         "gpu_files": "/dev/nvidia0" if gpus == 1 else f"/dev/nvidia[0-{gpus - 1}]",
+        "gpu_file_list": [f"/dev/nvidia{i}" for i in range(gpus)],
+        "shards_per_gpu": organisations.shards_per_gpu(site) if gpus else 0,
         "dbd_password": dbd_password, "run_dir": RUN_DIR, "log_dir": LOG_DIR, "state_dir": STATE_DIR,
         "spool_dir": SPOOL_DIR,
     }
@@ -332,9 +341,10 @@ def _up_slurm_daemon(name: str, pid_file: Path, log: Path, check: Callable[[], b
     progress.note(f"{name} started (pid {_daemon_pid(pid_file, name)}) in {time.monotonic() - start:.1f} s")
 
 
-def _gpu_tres_known() -> bool:
-    """True once slurmctld has registered the GPU TRES with slurmdbd (limits on GPUs need it)."""
-    return any(row[:2] == ["gres", "gpu"] for row in _sacctmgr_rows("tres", "format=type,name"))
+def _gres_tres_known(names: tuple[str, ...]) -> bool:
+    """True once slurmctld has registered these GRES TRES (gpu, shard) with slurmdbd (limits on them need it)."""
+    rows = _sacctmgr_rows("tres", "format=type,name")
+    return all(["gres", name] in (row[:2] for row in rows) for name in names)
 
 
 def _sacctmgr_rows(*args: str) -> list[list[str]]:
@@ -385,10 +395,10 @@ def ensure_gpu_limits(site: Site, progress: Progress) -> None:
         rows = _sacctmgr_rows("assoc", "where", f"cluster={cluster}", f"account={account['name']}",
                               "format=user,grptres")
         have = next((r[1] for r in rows if r[0] == ""), "")
-        gpus = f"gres/gpu={account['max_gpus']}" if "max_gpus" in account else ""
-        if have != gpus:
+        gpus = organisations.gpu_tres(account["max_gpus"], site) if "max_gpus" in account else ""
+        if ",".join(sorted(t for t in have.split(",") if t)) != gpus:
             run(["sacctmgr", "-i", "modify", "account", "where", f"name={account['name']}", f"cluster={cluster}",
-                 "set", f"grptres={gpus or 'gres/gpu=-1'}"])
+                 "set", f"grptres={gpus or organisations.gpu_tres(-1, site)}"])
     synced = organisations.sync(site)
     if synced.commands:
         progress.note(f"organisations and QOS: {len(synced.commands)} change(s) in Slurm's accounts")
@@ -476,7 +486,8 @@ def up(site: Site, progress: Progress) -> None:
     ensure_accounting(site)  # before slurmctld first registers the cluster with slurmdbd
     slurm_changed = bool(changed & {str(SLURM_CONF), str(GRES_CONF)})
     _up_slurm_daemon("slurmctld", CTLD_PID, CTLD_LOG, _ctld_answers, slurm_changed, progress)
-    wait_for(_gpu_tres_known, what="slurmdbd's GPU accounting", timeout=60, log=CTLD_LOG)
+    tres = ("gpu", "shard") if organisations.shards_per_gpu(site) else ("gpu",)
+    wait_for(lambda: _gres_tres_known(tres), what="slurmdbd's GPU accounting", timeout=60, log=CTLD_LOG)
     ensure_gpu_limits(site, progress)
     _up_nodes(site, slurm_changed, progress)
 

@@ -55,7 +55,7 @@ class Estimate:
     source: Literal["estimate", "measured"] = "estimate"
 
 
-def estimate_session(energy: Mapping[str, Any], gpu_type: str | None, gpus: int, cpus: int, memory_gb: float,
+def estimate_session(energy: Mapping[str, Any], gpu_type: str | None, gpus: float, cpus: int, memory_gb: float,
                      hours: float, utilisation: float | None = None) -> Estimate:
     """Estimate a session's energy with the site's ``energy`` model (see the module docstring).
 

@@ -53,6 +53,7 @@ class SessionRequest:
     qos: str
     environment: str = "default"
     reservation: str = ""
+    shards: int = 0  # a share of one GPU (Slurm gres/shard) instead of whole GPUs
     # The options as chosen, in the REST API's keys: validating {"profile": ..., **choices} again gives the same.
     choices: Mapping[str, Any] = field(default_factory=dict)
 
@@ -251,5 +252,6 @@ def _request(site: Site, slug: str, values: Mapping[str, Any], chosen: Mapping[s
         qos=qos,
         environment=environment,
         reservation=values.get("reservation", ""),
+        shards=values.get("shards", 0),
         choices=dict(chosen),
     )

@@ -65,8 +65,21 @@ def total_gpus(site: Site) -> int:
     return nodes.get("count", 0) * nodes.get("gpus_per_node", 0)
 
 
+def shards_per_gpu(site: Site) -> int:
+    """How many jobs may share one GPU (``cluster.gpu_nodes.shards_per_gpu``, gres/shard); 0: no sharing."""
+    return (site["cluster"].get("gpu_nodes") or {}).get("shards_per_gpu", 0)
+
+
+def gpu_tres(gpus: int, site: Site) -> str:
+    """A GRES limit of ``gpus`` GPUs in ``sacctmgr`` terms; where GPUs are shared, their shards are capped alike."""
+    shards = shards_per_gpu(site)
+    if gpus < 0:
+        return "gres/gpu=-1" + (",gres/shard=-1" if shards else "")
+    return f"gres/gpu={gpus}" + (f",gres/shard={gpus * shards}" if shards else "")
+
+
 def qos_settings(site: Site) -> dict[str, dict[str, str]]:
-    """The wanted settings of each QOS, in ``sacctmgr`` terms."""
+    """The wanted settings of each QOS, in ``sacctmgr`` terms (a GPU share caps shared GPUs too)."""
     gpus = total_gpus(site)
     wanted = {}
     for qos in site["accounting"]["qos"]:
@@ -74,7 +87,7 @@ def qos_settings(site: Site) -> dict[str, dict[str, str]]:
                     "preempt": ",".join(sorted(qos.get("preempts", []))),
                     "grptres": ""}
         if "max_gpu_share" in qos and gpus:
-            settings["grptres"] = f"gres/gpu={math.floor(gpus * qos['max_gpu_share'] / 100)}"
+            settings["grptres"] = gpu_tres(math.floor(gpus * qos["max_gpu_share"] / 100), site)
         wanted[qos["name"]] = settings
     return wanted
 
@@ -131,7 +144,8 @@ def plan(site: Site, current: Current) -> Plan:
         if have is None:
             commands.append(["add", "qos", name])
             have = {}
-        changes = [f"{key}={value or CLEAR[key]}" for key, value in want.items() if have.get(key, "") != value]
+        clear = {**CLEAR, "grptres": gpu_tres(-1, site)}
+        changes = [f"{key}={value or clear[key]}" for key, value in want.items() if have.get(key, "") != value]
         if changes:
             commands.append(["modify", "qos", "where", f"name={name}", "set", *changes])
     wanted = account_settings(site)
@@ -168,7 +182,7 @@ def parse_qos(text: str) -> dict[str, dict[str, str]]:
         if line.strip():
             name, priority, preempt, grptres = [*line.split("|"), "", "", ""][:4]
             out[name] = {"priority": priority, "preempt": ",".join(sorted(p for p in preempt.split(",") if p)),
-                         "grptres": grptres}
+                         "grptres": ",".join(sorted(t for t in grptres.split(",") if t))}
     return out
 
 

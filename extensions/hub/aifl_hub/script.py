@@ -68,10 +68,12 @@ def build_script(request: SessionRequest, job: JobSpec) -> str:
     if request.reservation:
         _check(_NAME, request.reservation, "reservation")
     numbers = {"hours": request.hours, "cpus": request.cpus, "memory": request.memory_gb, "gpus": request.gpus,
-               "save lead": job.save_lead}
+               "shards": request.shards, "save lead": job.save_lead}
     for what, number in numbers.items():
         if not isinstance(number, int) or isinstance(number, bool) or number < 0:
             raise ScriptError(f"{what} must be a non-negative whole number")
+    if request.gpus and request.shards:
+        raise ScriptError("a session gets whole GPUs or a share of one, not both")
     if not job.command:
         raise ScriptError("the session command is empty")
     if job.material:
@@ -101,6 +103,8 @@ def build_script(request: SessionRequest, job: JobSpec) -> str:
     if request.gpus:
         gpu_type = f"{_check(_GPU_TYPE, job.gpu_type, 'GPU type')}:" if job.gpu_type else ""
         lines.append(f"#SBATCH --gres=gpu:{gpu_type}{request.gpus}")
+    if request.shards:
+        lines.append(f"#SBATCH --gres=shard:{request.shards}")
     lines += [
         "set -euo pipefail",
         "umask 0077",

@@ -162,6 +162,15 @@ def _check_override(site: Site, path: Path | str, key: str, override: dict[str, 
     if cluster["mode"] == "embedded" and override.get("gpus", 0) > cluster["gpu_nodes"]["gpus_per_node"]:
         raise SiteError(path, f"{key}.gpus",
                         f"{override['gpus']} is more than a node has ({cluster['gpu_nodes']['gpus_per_node']})")
+    if override.get("shards", 0):
+        if override.get("gpus", 0):
+            raise SiteError(path, f"{key}.shards",
+                            "a session gets whole GPUs or a share of one, not both (set gpus: 0)")
+        per_gpu = (cluster.get("gpu_nodes") or {}).get("shards_per_gpu", 0)
+        if cluster["mode"] == "embedded" and not per_gpu:
+            raise SiteError(path, f"{key}.shards", "needs GPU sharing: set cluster.gpu_nodes.shards_per_gpu")
+        if per_gpu and override["shards"] > per_gpu:
+            raise SiteError(path, f"{key}.shards", f"{override['shards']} is more than one GPU has ({per_gpu})")
 
 
 def _check_option(site: Site, path: Path | str, key: str, option: dict[str, Any], profile_override: dict[str, Any],

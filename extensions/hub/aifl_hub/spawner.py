@@ -51,7 +51,7 @@ from .options import (
     text,
     validate_options,
 )
-from .organisations import NotAllowed, batch_qos, charge, month_gpu_hours, organisation_of
+from .organisations import NotAllowed, batch_qos, charge, month_gpu_hours, organisation_of, shards_per_gpu
 from .queue import explain_reason, queue_place
 from .script import JobSpec, build_script
 from .site import Site, load_site
@@ -207,7 +207,7 @@ class SlurmLabSpawner(SlurmSpawner):
         used = await self.organisation_usage() if org and org.get("gpu_hours_per_month") is not None else None
         profile = profiles_by_slug(self.site)[request.profile]
         try:
-            where = charge(self.site, profile, request.gpus, org, used)
+            where = charge(self.site, profile, request.gpus or request.shards, org, used)
         except NotAllowed as exc:
             message = NO_ORGANISATION if exc.reason == "no_organisation" else OVER_BUDGET_STOP
             raise SessionFailed(self._(message)) from None
@@ -233,7 +233,8 @@ class SlurmLabSpawner(SlurmSpawner):
         lang = lang or self._request_language(handler)
         try:
             request = validate_options(self.site, options, lang, self.groups)
-            if request.gpus and "organisations" in self.site and self.organisation() is None:
+            if (request.gpus or request.shards) and "organisations" in self.site and self.organisation() is None \
+                    and seat_for(self.site, self.user.name, request.profile) is None:
                 raise OptionsError("profile", gettext_for(lang)(NO_ORGANISATION))
             return request
         except OptionsError as exc:
@@ -288,7 +289,7 @@ class SlurmLabSpawner(SlurmSpawner):
             watch = _WATCHES[self.site_file] = ClusterWatch.from_site(self.site)
         lines = {}
         for profile in profiles:
-            found = await watch.availability(SimpleNamespace(**profile["slurm_override"]))
+            found = await watch.availability(SimpleNamespace(**{"shards": 0, **profile["slurm_override"]}))
             lines[profile["slug"]] = (found.state, describe_availability(found, lang))
         return lines
 
@@ -300,8 +301,8 @@ class SlurmLabSpawner(SlurmSpawner):
         override = profile["slurm_override"]
         gpu_type = self.site["cluster"].get("gpu_nodes", {}).get("gpu_type")
         try:
-            return estimate_session(energy, gpu_type, override["gpus"], override["cpus"], override["memory_gb"],
-                                    1).kwh
+            gpus = override["gpus"] + override.get("shards", 0) / max(shards_per_gpu(self.site), 1)
+            return estimate_session(energy, gpu_type, gpus, override["cpus"], override["memory_gb"], 1).kwh
         except ValueError as exc:
             self.log.warning("No energy estimate for profile %s: %s", profile["slug"], exc)
             return None

@@ -24,6 +24,7 @@ from .options import (
     range_default,
     text,
 )
+from .organisations import shards_per_gpu as shards_per_gpu_of
 from .site import Site
 
 
@@ -73,13 +74,17 @@ class Card:
     open_advanced: bool
 
 
-def what_you_get(override: Mapping[str, Any], gpu_type: str, lang: str) -> str:
-    """E.g. "1 GPU (H200), 16 CPU cores, 120 GB memory, up to 8 hours"."""
+def what_you_get(override: Mapping[str, Any], gpu_type: str, lang: str, shards_per_gpu: int = 0) -> str:
+    """E.g. "1 GPU (H200), 16 CPU cores, 120 GB memory, up to 8 hours" (a share: "1/8 of a GPU (H200)")."""
     _ = gettext_for(lang)
-    gpus = override["gpus"]
+    gpus, shards = override["gpus"], override.get("shards", 0)
     kind = gpu_type.upper()
-    parts = [_("No GPU") if not gpus else (_("1 GPU ({type})") if gpus == 1 else _("{n} GPUs ({type})")).format(
-        n=gpus, type=kind)]
+    if shards and shards_per_gpu:
+        parts = [_("{part}/{whole} of a GPU ({type}), shared with others").format(
+            part=shards, whole=shards_per_gpu, type=kind)]
+    else:
+        parts = [_("No GPU") if not gpus else (_("1 GPU ({type})") if gpus == 1 else _("{n} GPUs ({type})")).format(
+            n=gpus, type=kind)]
     parts.append(_("{n} CPU cores").format(n=override["cpus"]) if override["cpus"] != 1 else _("1 CPU core"))
     parts.append(_("{n} GB memory").format(n=override["memory_gb"]))
     parts.append(_("up to {n} hours").format(n=override["hours"]) if override["hours"] != 1 else _("up to 1 hour"))
@@ -108,6 +113,7 @@ def build_cards(site: Site, lang: str, groups: Collection[str] | None, *,
     chosen = state.profile if state and state.profile in {p["slug"] for p in profiles} else (
         (default_profile(profiles) or {}).get("slug"))
     gpu_type = site["cluster"].get("gpu_nodes", {}).get("gpu_type", "gpu")
+    shards_per_gpu = shards_per_gpu_of(site)
     cards = []
     for profile in profiles:
         slug = profile["slug"]
@@ -123,7 +129,8 @@ def build_cards(site: Site, lang: str, groups: Collection[str] | None, *,
         state_word, words = (availability or {}).get(slug, ("unknown", ""))
         per_hour = kwh_per_hour(profile) if kwh_per_hour else None
         cards.append(Card(
-            profile=profile, selected=slug == chosen, what=what_you_get(profile["slurm_override"], gpu_type, lang),
+            profile=profile, selected=slug == chosen,
+            what=what_you_get(profile["slurm_override"], gpu_type, lang, shards_per_gpu),
             availability=words, availability_state=state_word, kwh_per_hour=per_hour,
             energy=energy_line(per_hour, hours, lang) if per_hour is not None else Markup(""),
             options=options, advanced=advanced,

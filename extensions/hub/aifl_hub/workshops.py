@@ -4,7 +4,8 @@ A trainer creates a workshop (title, window, seats, the profile participants get
 :func:`validate_new` checks the form and :func:`plan_reservation` sizes the reservation for the seats
 from what the partition's nodes have (``sinfo``); both refuse with a :class:`WorkshopError` naming the
 field, in the trainer's language, before anything is created. Reservations are by cores for seats
-without a GPU and by whole nodes for GPU seats (Slurm 22.05 cannot reserve a number of GPUs).
+without a GPU and by whole nodes for seats with a GPU or a share of one (gres/shard): Slurm 22.05
+cannot reserve a number of GPUs.
 
 Reservations are made and removed through the root helper ``aifl-reservation``
 (:mod:`.workshop_reservation`), the only thing about reservations the hub may run as root.
@@ -27,6 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .availability import gres_count
 from .i18n import N_, gettext_for
 from .options import profiles_by_slug
 from .site import Site
@@ -412,6 +414,7 @@ class Node:
     cpus: int
     memory_mb: int
     gpus: int
+    shards: int = 0
 
 
 def parse_sinfo(text: str) -> list[Node]:
@@ -421,9 +424,9 @@ def parse_sinfo(text: str) -> list[Node]:
         parts = line.strip().split("|")
         if len(parts) != 4 or not parts[1].isdigit():
             continue
-        gpus = sum(int(m.group(1)) for m in re.finditer(r"\bgpu(?::[A-Za-z0-9_.-]+)?:([0-9]+)", parts[3]))
+        gpus, shards = gres_count(parts[3]), gres_count(parts[3], "shard")
         memory = int(re.sub(r"\D", "", parts[2]) or 0)
-        nodes[parts[0]] = Node(parts[0], int(parts[1]), memory, gpus)
+        nodes[parts[0]] = Node(parts[0], int(parts[1]), memory, gpus, shards)
     return list(nodes.values())
 
 
@@ -440,14 +443,15 @@ def plan_reservation(override: Mapping[str, Any], seats: int, nodes: Sequence[No
     """Size the reservation for ``seats`` sessions of a profile's ``slurm_override``; refuse when they cannot fit."""
     _ = gettext_for(lang)
     cpus, memory_mb, gpus = override["cpus"], override["memory_gb"] * 1024, override.get("gpus", 0)
-    partition = override["partition"]
+    shards, partition = override.get("shards", 0), override["partition"]
     per_node = sorted(
-        (min(n.cpus // cpus, n.memory_mb // memory_mb if memory_mb else n.cpus, n.gpus // gpus if gpus else n.cpus)
+        (min(n.cpus // cpus, n.memory_mb // memory_mb if memory_mb else n.cpus, n.gpus // gpus if gpus else n.cpus,
+             n.shards // shards if shards else n.cpus)
          for n in nodes), reverse=True)
     room = sum(per_node)
     if seats > room:
         raise WorkshopError("seats", _("The cluster has room for at most {n} seats with this profile.").format(n=room))
-    if not gpus:
+    if not gpus and not shards:
         return ReservationPlan(partition, cores=seats * cpus)
     needed, total = 0, 0
     for fits in per_node:
