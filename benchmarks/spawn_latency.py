@@ -143,10 +143,13 @@ class Resources:
     gpus: int
     hours: int
     gpu_type: str
+    shards: int = 0
 
     def stock_options(self) -> dict[str, str]:
         """batchspawner's template variables for the same request (its ``user_options`` override them)."""
         gres = f"gpu:{self.gpu_type + ':' if self.gpu_type else ''}{self.gpus}" if self.gpus else ""
+        if self.shards:
+            gres = f"shard:{self.shards}"
         return {"partition": self.partition, "nprocs": str(self.cpus), "memory": f"{self.memory_gb}G",
                 "gres": gres, "runtime": f"{self.hours}:00:00"}
 
@@ -169,7 +172,7 @@ class Site:
         for profile in profiles:
             o = profile["slurm_override"]
             resources[profile["slug"]] = Resources(profile["slug"], o["partition"], o["cpus"], o["memory_gb"],
-                                                   o["gpus"], o["hours"], gpu_type)
+                                                   o["gpus"], o["hours"], gpu_type, o.get("shards", 0))
         default = next((p for p in profiles if p.get("default")), profiles[0])["slug"]
         # Both hubs charge the benchmark users to the same organisation (GPU work needs one).
         orgs = data.get("organisations")

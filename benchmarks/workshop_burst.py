@@ -118,7 +118,8 @@ def ours(main: Hub, trainer_token: str, profile: str, seats: int,
         raise BenchError("the workshop form takes a window within one day: run it before 22:00")
     window = {"date": start.strftime("%Y-%m-%d"), "start": start.strftime("%H:%M"), "end": end.strftime("%H:%M")}
     resources = Site.load(SITE_FILE).resources[profile]
-    if not resources.gpus:  # seats by cores: as many as the partition has free now (others may be working)
+    # Seats by cores: as many as the partition has free now (others may be working).
+    if not resources.gpus and not resources.shards:
         idle = sum(int(line.split("/")[1]) for line in subprocess.run(
             ["sinfo", "-h", "-N", "-p", resources.partition, "-o", "%C"], capture_output=True, text=True,
             check=True, timeout=30).stdout.split())
@@ -202,7 +203,8 @@ def remove_account(name: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seats", type=int, default=64, help="participants joining at once (64)")
-    parser.add_argument("--profile", default="workshop-cpu", help="the workshop profile (workshop-cpu)")
+    parser.add_argument("--profile", default="workshop-gpu-share",
+                        help="the workshop profile (workshop-gpu-share: an eighth of a GPU each)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for a whole burst (600)")
     parser.add_argument("--idle-wait", type=float, default=120,
                         help="seconds to wait for other users' jobs to finish before each burst (120)")

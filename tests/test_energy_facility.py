@@ -51,6 +51,15 @@ def test_parse_sacct():
     assert jobs["103"].end is None and jobs["104"].consumed_joules == 1_800_000
 
 
+def test_a_share_of_a_gpu_counts_as_its_part_of_one():
+    line = "107|ws-a-01|expertise-centre|cpu=2,gres/shard=1,mem=8G,node=1|2026-11-25T08:00:00|2026-11-25T10:00:00|"
+    (job,) = parse_energy_sacct(line, shards_per_gpu=8)
+    assert job.gpus == 0.125
+    kwh, source = job_kwh(MODEL, "h200", job, NOW)
+    assert source == "estimate" and kwh == pytest.approx(estimate_session(MODEL, "h200", 0.125, 2, 8, 2).kwh)
+    assert kwh < job_kwh(MODEL, "h200", parse_energy_sacct(line.replace("gres/shard=1", "gres/gpu=1"))[0], NOW)[0]
+
+
 def test_a_jobs_energy_is_the_spawn_pages_model_unless_slurm_measured_it():
     jobs = {j.job_id: j for j in parse_energy_sacct(SACCT)}
     kwh, source = job_kwh(MODEL, "h200", jobs["101"], NOW)  # two hours of one H200 session

@@ -31,9 +31,10 @@ from typing import Any, Literal
 from babel.numbers import format_decimal
 from markupsafe import Markup
 
-from .availability import parse_tres
+from .availability import parse_tres, tres_shards
 from .facility import parse_time
 from .i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, gettext_for
+from .organisations import shards_per_gpu
 from .site import Site
 from .slurm import run_argv
 
@@ -120,7 +121,7 @@ class JobRecord:
     job_id: str
     user: str
     account: str
-    gpus: int
+    gpus: float  # a share of a GPU (gres/shard) counts as its fraction of one
     cpus: int
     memory_gb: float
     start: datetime | None
@@ -128,8 +129,11 @@ class JobRecord:
     consumed_joules: float | None
 
 
-def parse_energy_sacct(text: str) -> list[JobRecord]:
-    """Allocations from ``sacct -X -n -P -o`` :data:`ENERGY_SACCT_FIELDS` (odd lines skipped)."""
+def parse_energy_sacct(text: str, shards_per_gpu: int = 0) -> list[JobRecord]:
+    """Allocations from ``sacct -X -n -P -o`` :data:`ENERGY_SACCT_FIELDS` (odd lines skipped).
+
+    ``shards_per_gpu``: how many shares a GPU has (gres/shard); a job's shares count as that part of a GPU.
+    """
     records = []
     for line in text.splitlines():
         fields = [f.strip() for f in line.split("|")]
@@ -137,8 +141,9 @@ def parse_energy_sacct(text: str) -> list[JobRecord]:
             continue
         job_id, user, account, tres, start, end, consumed = fields
         cpus, memory_mb, gpus = parse_tres(tres)
+        shards = tres_shards(tres) / shards_per_gpu if shards_per_gpu else 0.0
         joules = float(consumed) if consumed.replace(".", "", 1).isdigit() and float(consumed) > 0 else None
-        records.append(JobRecord(job_id, user, account, gpus, cpus, memory_mb / 1024, parse_time(start),
+        records.append(JobRecord(job_id, user, account, gpus + shards, cpus, memory_mb / 1024, parse_time(start),
                                  parse_time(end), joules))
     return records
 
@@ -242,7 +247,7 @@ class EnergyReport:
         return parse_energy_sacct(await self.runner([
             str(Path(self.site["cluster"]["slurm_bin"]) / "sacct"), "-X", "-D", "-n", "-P", *who,
             "-S", start.strftime("%Y-%m-%dT%H:%M:%S"), "-E", end.strftime("%Y-%m-%dT%H:%M:%S"),
-            "-o", ENERGY_SACCT_FIELDS]))
+            "-o", ENERGY_SACCT_FIELDS]), shards_per_gpu(self.site))
 
     async def user_month(self, user: str) -> tuple[float, bool]:
         """``user``'s kWh this calendar month and whether any of it is measured."""
