@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import pytest
+from aifl_hub.cli import one_at_a_time
 from conftest import lab
 
 pytestmark = pytest.mark.cluster
@@ -48,3 +50,23 @@ def test_broken_site_file_stops_up_and_changes_nothing(lab_system, tmp_path, tex
     assert problem in up.stderr
     assert "Nothing was started or changed." in up.stderr
     assert snapshot() == before
+
+
+def test_a_second_up_or_down_waits_for_the_first(tmp_path, capsys):
+    """Two `lab up`/`lab down` at once would restart daemons under each other: the second waits for the lock."""
+    lock = tmp_path / "run" / "lab.lock"
+    order: list[str] = []
+
+    def second_one() -> None:
+        with one_at_a_time(lock):
+            order.append("second")
+
+    with one_at_a_time(lock):
+        second = threading.Thread(target=second_one)
+        second.start()
+        second.join(timeout=1)
+        assert second.is_alive() and order == []  # still waiting
+        order.append("first done")
+    second.join(timeout=10)
+    assert order == ["first done", "second"]
+    assert "another 'lab up' or 'lab down' is running" in capsys.readouterr().err

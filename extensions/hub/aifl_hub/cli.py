@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import grp
 import hashlib
 import json
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import cluster
@@ -37,6 +39,7 @@ from .site import Site, SiteError, load_site
 ETC = Path("/etc/aifl")
 OPT = Path("/opt/aifl")
 RUN = Path("/run/aifl")
+LAB_LOCK = Path("/run/lock/aifl-lab.lock")
 LOGS = Path("/var/log/aifl")
 HUB_ENV = OPT / "hub"
 PROXY_DIR = OPT / "proxy"
@@ -502,6 +505,20 @@ def cmd_test(repo: Path, extra: list[str]) -> int:
                           cwd=repo, check=False).returncode
 
 
+@contextlib.contextmanager
+def one_at_a_time(lock: Path = LAB_LOCK) -> Iterator[None]:
+    """Hold the lab's lock: a second ``lab up`` or ``lab down`` waits for the first instead of colliding."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("lab: another 'lab up' or 'lab down' is running; waiting until it is done …", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ./lab."""
     parser = argparse.ArgumentParser(prog="lab", description="Start, stop and check AI Factory Lab.")
@@ -515,9 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         require_root()
         if args.command == "up":
-            cmd_up(repo, site_path)
+            with one_at_a_time():
+                cmd_up(repo, site_path)
         elif args.command == "down":
-            cmd_down(site_path)
+            with one_at_a_time():
+                cmd_down(site_path)
         elif args.command == "status":
             return cmd_status(site_path)
         else:
