@@ -32,11 +32,9 @@ def reservations() -> str:
 
 
 def window(start_in: timedelta = timedelta(0), hours: int = 2) -> dict[str, str]:
+    """The form's window: a date, a start and an end time (a window past midnight ends the next day)."""
     start = datetime.now() + start_in
     end = start + timedelta(hours=hours)
-    if end.date() != start.date():  # the form has one date: keep the window inside one day
-        start = start.replace(hour=0, minute=5) + timedelta(days=1)
-        end = start + timedelta(hours=hours)
     return {"date": start.strftime("%Y-%m-%d"), "start": start.strftime("%H:%M"), "end": end.strftime("%H:%M")}
 
 

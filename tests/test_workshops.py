@@ -72,6 +72,13 @@ def test_a_good_form_is_accepted():
     assert validate_new(SITE, form(material=""), NOW, "en", []).material == ""
 
 
+def test_an_evening_window_past_midnight_ends_the_next_day():
+    new = validate_new(SITE, form(start="22:30", end="00:30"), NOW, "en", ["getting-started"])
+    assert (new.starts_at, new.ends_at) == (datetime(2026, 11, 25, 22, 30), datetime(2026, 11, 26, 0, 30))
+    with pytest.raises(WorkshopError, match="end time must be after the start time"):  # 23 h: a slip, not a night
+        validate_new(SITE, form(start="13:00", end="12:00"), NOW, "en", ["getting-started"])
+
+
 def test_a_window_that_began_a_moment_ago_starts_now():
     new = validate_new(SITE, form(start="08:50"), NOW.replace(second=30), "en", ["getting-started"])
     assert new.starts_at == NOW.replace(second=30)

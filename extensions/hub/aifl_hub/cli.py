@@ -47,6 +47,7 @@ NOTEBOOK_BUILD = OPT / "build" / "aifl-notebook"
 PROXY_VERSION = "5.3.0"
 MKUSER = Path("/usr/local/sbin/aifl-mkuser")
 RESERVATION_HELPER = Path("/usr/local/sbin/aifl-reservation")
+WORK_HELPER = Path("/usr/local/sbin/aifl-work")
 SUDOERS = Path("/etc/sudoers.d/aifl-hub")
 CREDENTIALS = ETC / "admin-credentials"
 SYSTEM_PACKAGES = ["slurm-wlm", "slurmdbd", "slurm-client", "munge", "mariadb-server", "sudo", "util-linux"]
@@ -255,6 +256,8 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
                    "accounts": [workshops["organisation"]] if workshops else []}
     write_file(ETC / "reservation.json", json.dumps(reservation, indent=2) + "\n", mode=0o644)
     write_file(RESERVATION_HELPER, (Path(__file__).parent / "workshop_reservation.py").read_text(), mode=0o755)
+    # ... and read a participant's workshop folder as that participant (a notebook for the trainer, the zip).
+    write_file(WORK_HELPER, (Path(__file__).parent / "workshop_work.py").read_text(), mode=0o755)
     rules = (
         "# AI Factory Lab: the hub may submit and cancel jobs as lab users, and create lab accounts.\n"
         f'Defaults:{hub_user} !requiretty, env_keep += "JUPYTERHUB_* JPY_* AIFL_*"\n'
@@ -262,6 +265,7 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
         # The grid service releases held flexible work (a user may release only their own jobs).
         f"{hub_user} ALL=(%{group}) NOPASSWD: {slurm_bin}/scontrol ^release [0-9]{{1,12}}$\n"
         f"{hub_user} ALL=(root) NOPASSWD: {MKUSER}, {RESERVATION_HELPER}\n"
+        f"{hub_user} ALL=(%{group}) NOPASSWD: {WORK_HELPER}\n"
     )
     candidate = SUDOERS.with_name("aifl-hub.check")
     candidate.write_text(rules)
@@ -275,6 +279,11 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
     grid_status.mkdir(parents=True, exist_ok=True)
     os.chmod(grid_status, 0o755)  # noqa: S103 - sessions read the published status
     shutil.chown(grid_status, hub_user, hub_user)
+    # Trainers' own course material (<id>/material): written by the hub, copied by the participants' sessions.
+    uploads = Path(site["spawner"]["environments_dir"]) / ".workshops"
+    uploads.mkdir(parents=True, exist_ok=True)
+    os.chmod(uploads, 0o755)  # noqa: S103 - the participants' session jobs read the material
+    shutil.chown(uploads, hub_user, hub_user)
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -2,13 +2,19 @@
 
 Pages (Dutch and English, like every hub page):
 
-* ``/hub/workshops`` — a trainer's workshops and the form for a new one (POST creates it);
+* ``/hub/workshops`` — a trainer's workshops and the form for a new one (POST creates it; the course
+  material is a folder of the site's, or the trainer's own files in the multipart field ``material_upload``);
 * ``/hub/workshops/<id>`` — the live view of the seats (joined, server waiting/starting/running, last
   activity), the join link and code; ``POST /hub/workshops/<id>/end`` ends the workshop;
 * ``/hub/join?code=…`` — join: a display name (a temporary account is made) or, when logged in, one's own
-  account. The participant is sent straight on to their session with the workshop's profile.
+  account. The participant is sent straight on to their session with the workshop's profile;
+* ``/hub/workshops/<id>/seats/<account>/view?path=…`` — a participant's notebook, read-only, for the trainer
+  (read through ``aifl-work`` as the participant, so whether their server runs or not);
+* ``/hub/workshops/mine`` — a participant's workshops, each with ``/hub/workshops/<id>/my-work.zip``: their
+  workshop folder as a zip, until the workshop's temporary accounts are disabled.
 
-REST API (tokens): ``GET|POST /hub/api/workshops``, ``GET /hub/api/workshops/<id>``,
+REST API (tokens): ``GET|POST /hub/api/workshops`` (POST may carry the trainer's own material as ``upload``,
+base64 files: see :meth:`WorkshopsAPI.post`), ``GET /hub/api/workshops/<id>``,
 ``POST /hub/api/workshops/<id>/end`` and ``POST /hub/api/workshops/tend`` (the tender service: disables
 the temporary accounts of workshops whose grace period is over).
 
@@ -26,7 +32,7 @@ import json
 import time
 import unicodedata
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
@@ -39,12 +45,24 @@ from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.iostream import StreamClosedError
 
 from .i18n import gettext_for
 from .options import profiles_by_slug, text
 from .pages import request_language
 from .site import Site
 from .slurm import SlurmError, run_argv
+from .workshop_files import WorkError, folder_notebooks, notebook_cells, read_notebook, zip_chunks
+from .workshop_material import (
+    DATA_SUFFIXES,
+    MAX_FILE_BYTES,
+    MAX_TOTAL_BYTES,
+    MB,
+    check_upload,
+    decode_api_upload,
+    discard_material,
+    store_material,
+)
 from .workshops import (
     FIELD_LABELS,
     RESERVATION_HELPER,
@@ -55,6 +73,7 @@ from .workshops import (
     materials,
     new_code,
     normalise_code,
+    own_material_folder,
     partition_nodes,
     plan_reservation,
     reservation_argv,
@@ -82,6 +101,8 @@ DISPLAY_NAME_MAX = 60
 JOIN_FAILURES_ALLOWED = 20
 JOIN_WINDOW = 60.0
 _failures: dict[str, deque[float]] = {}
+LISTING_TTL = 20.0
+_listings: dict[tuple[str, str], tuple[float, list[str]]] = {}  # (workshop, seat) -> (when read, notebooks)
 
 
 def trainer_roles(site: Site) -> list[dict[str, Any]]:
@@ -155,12 +176,18 @@ class WorkshopMixin:
         user = self.current_user
         return [w for w in self.store.all() if user.admin or w.trainer == user.name]
 
-    async def create_workshop(self, form: Mapping[str, Any]) -> Workshop:
-        """Check the form, reserve the window in Slurm, keep the workshop; :class:`WorkshopError` if not possible."""
+    async def create_workshop(self, form: Mapping[str, Any], upload: Sequence[tuple[str, bytes]] = ()) -> Workshop:
+        """Check the form, reserve the window in Slurm, keep the workshop; :class:`WorkshopError` if not possible.
+
+        ``upload``: the trainer's own course material (file names and contents), instead of a folder.
+        """
         found = settings(self.site)
         lang, now = self.lang, datetime.now()
         _ = gettext_for(lang)
         new = validate_new(self.site, form, now, lang, materials(found.material_dir))
+        if upload and new.material:
+            raise WorkshopError("material", _("Choose a folder or upload your own notebooks, not both."))
+        own = check_upload(upload, lang) if upload else None
         override = profiles_by_slug(self.site)[new.profile]["slurm_override"]
         try:
             nodes = await partition_nodes(self.site["cluster"]["slurm_bin"], override["partition"])
@@ -172,7 +199,8 @@ class WorkshopMixin:
         workshop = Workshop(id=self.store.new_id(), title=new.title, starts_at=new.starts_at, ends_at=new.ends_at,
                             seats=new.seats, warm=new.warm, profile=new.profile, material=new.material,
                             folder=folder_name(new.title), trainer=self.current_user.name, code=new_code(),
-                            partition=plan.partition, created_at=now.replace(microsecond=0))
+                            partition=plan.partition, created_at=now.replace(microsecond=0),
+                            own_notebooks=own.notebooks if own else 0)
         argv = reservation_argv([SUDO, "-n", RESERVATION_HELPER], workshop, plan, found.organisation, now)
         try:
             await run_argv(argv, timeout=60)
@@ -189,6 +217,16 @@ class WorkshopMixin:
             raise WorkshopError("seats", _("Slurm cannot reserve {seats} seats for this window: {reason}. "
                                            "Nothing was created; try fewer seats or another window.").format(
                 seats=new.seats, reason=_("part of the cluster is taken then")))
+        if own is not None:
+            folder = own_material_folder(self.site, workshop.id)
+            try:
+                store_material(folder, own)
+            except OSError as exc:
+                discard_material(folder)
+                await run_argv([SUDO, "-n", RESERVATION_HELPER, "delete", workshop.reservation], timeout=60)
+                self.log.error("Could not store the material of workshop %s in %s: %s", workshop.id, folder, exc)
+                raise WorkshopError("material", _("Your notebooks could not be stored. Nothing was created; try "
+                                                  "again, or tell the administrator.")) from None
         self.store.add(workshop)
         group = orm.Group.find(self.db, workshop.group) or orm.Group(name=workshop.group)
         self.db.add(group)
@@ -214,7 +252,7 @@ class WorkshopMixin:
     async def seat_rows(self, workshop: Workshop) -> list[dict[str, Any]]:
         """Each participant, their server and the notebooks open in it, for the live view."""
         rows = []
-        asked = []
+        asked, listed = [], []
         for participant in sorted(workshop.participants.values(), key=lambda p: (p.waiting, p.joined_at, p.name)):
             user = self.find_user(participant.name)
             spawner = user.spawner if user is not None else None
@@ -232,11 +270,31 @@ class WorkshopMixin:
                          "warm_seat_free": participant.waiting,
                          "server": state, "last_activity": activity.isoformat() + "Z" if activity else None,
                          "node": (getattr(spawner, "session", None) or {}).get("node", "") if spawner else "",
-                         "notebooks": []})
+                         "notebooks": [], "files": []})
             asked.append(self.open_notebooks(spawner) if state == "running" else asyncio.sleep(0, []))
-        for row, notebooks in zip(rows, await asyncio.gather(*asked), strict=True):
-            row["notebooks"] = notebooks
+            listed.append(asyncio.sleep(0, []) if participant.waiting or workshop.expired
+                          else self.seat_files(workshop, participant.name))
+        for row, notebooks, files in zip(rows, await asyncio.gather(*asked), await asyncio.gather(*listed),
+                                         strict=True):
+            row["notebooks"], row["files"] = notebooks, files
         return rows
+
+    async def seat_files(self, workshop: Workshop, name: str) -> list[str]:
+        """The notebooks in participant ``name``'s workshop folder (none when it cannot be read).
+
+        Read at most once per :data:`LISTING_TTL` seconds per seat: the live view refreshes every 10 s.
+        """
+        key = (workshop.id, name)
+        cached = _listings.get(key)
+        if cached is not None and time.monotonic() - cached[0] < LISTING_TTL:
+            return cached[1]
+        try:
+            files = [n["path"] for n in await folder_notebooks(name, workshop.folder)]
+        except (WorkError, ValueError) as exc:
+            self.log.debug("No notebook list of %s in workshop %s: %s", name, workshop.id, exc)
+            files = []
+        _listings[key] = (time.monotonic(), files)
+        return files
 
     async def live_view(self, workshop: Workshop, **values: Any) -> None:
         """Render the live view of ``workshop`` (``values``: the outcome of a push)."""
@@ -405,6 +463,8 @@ class WorkshopMixin:
                 roles.delete_role(self.db, workshop.trainer_role)
             workshop.expired = True
             self.store.save()
+            if workshop.own_notebooks:  # the participants have their copies; the hub's is no longer needed
+                discard_material(own_material_folder(self.site, workshop.id))
             done.append(workshop.id)
             self.log.info("The temporary accounts of workshop %s are disabled (grace period over)", workshop.id)
         return done
@@ -522,7 +582,8 @@ class WorkshopsPage(WorkshopMixin, BaseHandler):
             values={**defaults, **(values or {})}, field_labels=FIELD_LABELS, max_seats=found.max_seats,
             profiles=[(slug, text(profiles[slug]["display_name"], lang)) for slug in found.profiles
                       if slug in profiles],
-            materials=materials(found.material_dir))
+            materials=materials(found.material_dir), data_suffixes=", ".join(DATA_SUFFIXES),
+            file_mb=MAX_FILE_BYTES // MB, total_mb=MAX_TOTAL_BYTES // MB)
 
     @web.authenticated
     async def get(self) -> None:
@@ -535,8 +596,9 @@ class WorkshopsPage(WorkshopMixin, BaseHandler):
         """Create the workshop and go to its live view, or show the form again with what is wrong."""
         self.require_trainer()
         values = _form_values(self)
+        upload = [(f.filename, f.body) for f in self.request.files.get("material_upload", []) if f.filename or f.body]
         try:
-            workshop = await self.create_workshop(values)
+            workshop = await self.create_workshop(values, upload)
         except WorkshopError as exc:
             self.set_status(400)
             self.finish(await self.page(exc, values))
@@ -593,6 +655,83 @@ class WorkshopEndPage(WorkshopMixin, BaseHandler):
         workshop = self.own_workshop(workshop_id)
         await self.end_workshop(workshop)
         self.redirect(url_path_join(self.hub.base_url, "workshops", workshop.id), status=303)
+
+
+class SeatNotebookPage(WorkshopMixin, BaseHandler):
+    """``/hub/workshops/<id>/seats/<account>/view?path=…``: a participant's notebook, read-only (its trainer)."""
+
+    @web.authenticated
+    async def get(self, workshop_id: str, account: str) -> None:
+        """Read the notebook as the participant and show its cells as text and images."""
+        workshop = self.own_workshop(workshop_id)
+        participant = workshop.participants.get(account)
+        if workshop.expired or participant is None or participant.waiting:
+            raise web.HTTPError(404)
+        _ = gettext_for(self.lang)
+        path = self.get_query_argument("path", "")
+        try:
+            if not path.startswith(workshop.folder + "/"):
+                raise WorkError(2, "outside the workshop folder")
+            cells = notebook_cells(await read_notebook(account, path))
+        except WorkError as exc:
+            self.log.info("Notebook %r of %s (workshop %s) not shown: %s", path, account, workshop.id, exc.stderr)
+            raise web.HTTPError(404 if exc.missing else 400, _("There is no such notebook in the workshop folder.")
+                                if exc.missing else _("Only notebooks in the workshop folder can be shown.")) from None
+        except ValueError:
+            raise web.HTTPError(400, _("This file cannot be read as a notebook.")) from None
+        self.finish(await self.render_template("workshop_notebook.html", workshop=workshop, participant=participant,
+                                               path=path, cells=cells))
+
+
+class MyWorkshopsPage(WorkshopMixin, BaseHandler):
+    """``/hub/workshops/mine``: the workshops the current user joined, each with the download of their work."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        """The workshops whose work can still be downloaded, newest first."""
+        name = self.current_user.name
+        joined = [w for w in self.store.all()
+                  if name in w.participants and not w.participants[name].waiting and not w.expired]
+        self.finish(await self.render_template("workshop_mine.html", workshops=joined, now=datetime.now()))
+
+
+class MyWorkZip(WorkshopMixin, BaseHandler):
+    """``/hub/workshops/<id>/my-work.zip``: the participant's workshop folder as a zip (read as themselves)."""
+
+    @web.authenticated
+    async def get(self, workshop_id: str) -> None:
+        """Stream the zip; 404 for anyone who did not join, and once the temporary accounts are disabled."""
+        workshop = self.store.get(workshop_id)
+        name = self.current_user.name
+        if workshop is None or workshop.expired or name not in workshop.participants or \
+                workshop.participants[name].waiting:
+            raise web.HTTPError(404)
+        chunks = zip_chunks(name, workshop.folder)
+        try:
+            first = await anext(chunks)
+        except WorkError as exc:
+            self.log.info("No zip of %s for workshop %s: %s", name, workshop.id, exc.stderr)
+            _ = gettext_for(self.lang)
+            message = _("Your workshop folder ~/{folder} does not exist (any more).") if exc.missing else _(
+                "Your workshop folder ~/{folder} cannot be downloaded as a zip: it is larger than 500 MB, or not a "
+                "plain folder.")
+            raise web.HTTPError(404 if exc.missing else 400, message.format(folder=workshop.folder)) from None
+        self.set_header("Content-Type", "application/zip")
+        self.set_header("Content-Disposition", f'attachment; filename="{workshop.folder}.zip"')
+        self.set_header("Cache-Control", "no-store")
+        self.write(first)
+        try:
+            async for chunk in chunks:
+                self.write(chunk)
+                await self.flush()
+        except WorkError as exc:  # the headers are sent: the download ends short, the log says why
+            self.log.warning("The zip of %s for workshop %s ended early: %s", name, workshop.id, exc.stderr)
+        except StreamClosedError:
+            self.log.info("%s stopped the download of the zip of workshop %s", name, workshop.id)
+            return
+        finally:
+            await chunks.aclose()  # stops the helper when the download stopped early
+        self.finish()
 
 
 def _too_many_failures(address: str) -> bool:
@@ -672,13 +811,18 @@ class WorkshopsAPI(WorkshopAPIBase):
         self.finish(json.dumps([await self.workshop_json(w) for w in self.visible_workshops()]))
 
     async def post(self) -> None:
-        """Create a workshop from ``{title, date, start, end, seats, profile, material}``."""
+        """Create a workshop from ``{title, date, start, end, seats, profile, material}``.
+
+        Instead of ``material`` (a folder), ``upload`` may give the trainer's own:
+        ``[{"name": "lesson.ipynb", "content": "<base64>"}, …]`` (notebooks and data files, or one zip).
+        """
         self.require_trainer()
         body = self.get_json_body() or {}
         if not isinstance(body, dict):
             raise web.HTTPError(400, "a JSON object is expected")
         try:
-            workshop = await self.create_workshop(body)
+            upload = decode_api_upload(body["upload"], self.lang) if "upload" in body else []
+            workshop = await self.create_workshop(body, upload)
         except WorkshopError as exc:
             self.refuse(exc)
             return
@@ -762,6 +906,9 @@ PAGE_ROUTES = [
     (rf"/workshops/{WORKSHOP_ID}/end", WorkshopEndPage),
     (rf"/workshops/{WORKSHOP_ID}/push", WorkshopPushPage),
     (rf"/workshops/{WORKSHOP_ID}/collect", WorkshopCollectPage),
+    (rf"/workshops/{WORKSHOP_ID}/seats/([^/]+)/view", SeatNotebookPage),
+    (rf"/workshops/{WORKSHOP_ID}/my-work\.zip", MyWorkZip),
+    (r"/workshops/mine", MyWorkshopsPage),
     (r"/join", JoinPage),
 ]
 API_ROUTES = [

@@ -104,6 +104,11 @@ def check_site(site: Site) -> list[str]:
     return problems
 
 
+def own_material_folder(site: Site, workshop_id: str) -> Path:
+    """Where a workshop's uploaded material is kept: ``<environments_dir>/.workshops/<id>/material``."""
+    return Path(site["spawner"]["environments_dir"]) / ".workshops" / workshop_id / "material"
+
+
 def materials(folder: str) -> list[str]:
     """The course materials on offer: the sub-folders of ``folder`` (sorted; none when it does not exist)."""
     try:
@@ -155,6 +160,7 @@ class Workshop:
     participants: dict[str, Participant] = field(default_factory=dict)
     warm: int = 0  # seats whose sessions start before the window opens
     warm_started: bool = False
+    own_notebooks: int = 0  # the trainer uploaded the material (this many notebooks); else ``material`` is a folder
 
     @property
     def reservation(self) -> str:
@@ -326,7 +332,10 @@ def seat_for(site: Site, user: str, profile: str, now: datetime | None = None) -
         if workshop.profile == profile and not workshop.finished(now):
             org = next(o for o in site["organisations"]["list"] if o["name"] == found.organisation)
             qos = site["organisations"]["categories"][org["category"]]["session_qos"]
-            material = str(Path(found.material_dir) / workshop.material) if workshop.material else ""
+            if workshop.own_notebooks:
+                material = str(own_material_folder(site, workshop.id))
+            else:
+                material = str(Path(found.material_dir) / workshop.material) if workshop.material else ""
             return Seat(workshop.id, found.organisation, qos, workshop.reservation, material, workshop.folder)
     return None
 
@@ -379,8 +388,10 @@ def validate_new(site: Site, form: Mapping[str, Any], now: datetime, lang: str,
         except ValueError:
             raise WorkshopError(key, _("Give the time as HH:MM, for example 09:30.")) from None
     starts_at, ends_at = moments["start"], moments["end"]
-    if ends_at <= starts_at:
-        raise WorkshopError("end", _("The end time must be after the start time."))
+    if ends_at <= starts_at:  # an evening window past midnight ends the next day (a short one only)
+        ends_at += timedelta(days=1)
+        if ends_at - starts_at > timedelta(hours=found.max_hours):
+            raise WorkshopError("end", _("The end time must be after the start time."))
     if ends_at <= now or starts_at < now - PAST_START_ALLOWED:
         raise WorkshopError("start", _("This window lies in the past. Choose a window that has not begun yet "
                                        "(or begins now)."))
