@@ -20,9 +20,10 @@ the temporary accounts of workshops whose grace period is over).
 
 Who may do what (RBAC): the scope ``custom:workshops:run`` (role ``trainer``, given to the site's trainer
 group) lets a user create workshops; a trainer sees and ends only their own (admins see all). Each
-workshop has a role ``workshop-<id>-trainer`` for its trainer with read and access scopes filtered to
-the workshop's group ``workshop-<id>``: through the REST API a trainer reaches their participants and
-no one else.
+workshop has a role ``workshop-<id>-trainer`` for its trainer with read scopes filtered to the workshop's
+group ``workshop-<id>``: through the REST API a trainer reads about their participants and no one else,
+and reaches no participant's server. Push and collect go through the hub, which uses each server's own
+token once it has checked that the trainer runs the workshop.
 """
 
 from __future__ import annotations
@@ -119,14 +120,15 @@ def trainer_roles(site: Site) -> list[dict[str, Any]]:
 
 
 def workshop_role(workshop: Workshop) -> dict[str, Any]:
-    """The role of one workshop's trainer: its participants and their servers, nobody else's.
+    """The role of one workshop's trainer: reading about its participants and their servers, nobody else's.
 
-    Access to a server is granted per participant (a server checks ``!user=``, not ``!group=``).
+    No access to the servers themselves: the trainer reads a participant's notebook read-only through the
+    workshop page, and push and collect go through the hub.
     """
     group = f"group={workshop.group}"
     return {"name": workshop.trainer_role, "description": f"Trainer of workshop {workshop.id}",
             "scopes": [f"list:users!{group}", f"read:users!{group}", f"read:users:activity!{group}",
-                       f"read:servers!{group}", *(f"access:servers!user={name}" for name in workshop.participants)]}
+                       f"read:servers!{group}"]}
 
 
 # ---------------------------------------------------------------- what pages and API share
@@ -339,16 +341,13 @@ class WorkshopMixin:
                 raise
         self.log.info("%s ended workshop %s", self.current_user.name, workshop.id)
 
-    def trainer_token(self, workshop: Workshop) -> str:
-        """A five-minute token of the workshop's trainer: what it does, the trainer's own rights allow."""
-        trainer = self.find_user(workshop.trainer)
-        token = trainer.orm_user.new_api_token(expires_in=300, scopes=["inherit"],
-                                               note=f"workshop {workshop.id}: push")
-        self.db.commit()
-        return token
+    async def contents(self, user: Any, path: str, model: dict[str, Any] | None = None) -> Any:
+        """GET (or, with ``model``, PUT) ``path`` of the contents API of ``user``'s running server; None on 404.
 
-    async def contents(self, user: Any, token: str, path: str, model: dict[str, Any] | None = None) -> Any:
-        """GET (or, with ``model``, PUT) ``path`` of the contents API of ``user``'s running server; None on 404."""
+        Asked with that server's own token: the hub checked first that the trainer runs the workshop and
+        ``user`` is the trainer or one of its participants (the trainer has no access to their servers).
+        """
+        token = user.spawner.api_token
         url = url_path_join(user.spawner.server.url, "api/contents", quote(path)) + ("" if model else "?content=1")
         request = HTTPRequest(url, method="PUT" if model else "GET", body=json.dumps(model) if model else None,
                               headers={"Authorization": f"token {token}"}, request_timeout=30)
@@ -374,8 +373,7 @@ class WorkshopMixin:
         trainer = self.find_user(workshop.trainer)
         if trainer is None or not trainer.spawner.ready:
             raise WorkshopError("path", _("Start your own server first: the notebook is taken from it."))
-        token = self.trainer_token(workshop)
-        source = await self.contents(trainer, token, path)
+        source = await self.contents(trainer, path)
         if source is None or source.get("type") != "notebook":
             raise WorkshopError("path", _("There is no notebook {path} in your home folder.").format(path=path))
         outcome: dict[str, list[str]] = {"copied": [], "beside": [], "not_running": []}
@@ -386,14 +384,14 @@ class WorkshopMixin:
                 outcome["not_running"].append(participant.name)
                 continue
             target = f"{workshop.folder}/{pure.name}"
-            if await self.contents(user, token, workshop.folder) is None:
-                await self.contents(user, token, workshop.folder, {"type": "directory"})
-            theirs = await self.contents(user, token, target)
+            if await self.contents(user, workshop.folder) is None:
+                await self.contents(user, workshop.folder, {"type": "directory"})
+            theirs = await self.contents(user, target)
             if theirs is not None and theirs.get("content") != source["content"]:
                 target, kind = f"{workshop.folder}/{pure.stem} (updated {stamp}){pure.suffix}", "beside"
             else:
                 kind = "copied"
-            await self.contents(user, token, target, {"type": "notebook", "format": "json",
+            await self.contents(user, target, {"type": "notebook", "format": "json",
                                                       "content": source["content"]})
             outcome[kind].append(participant.name)
         self.log.info("%s pushed %s to workshop %s: %s", self.current_user.name, path, workshop.id,
@@ -410,25 +408,24 @@ class WorkshopMixin:
         trainer = self.find_user(workshop.trainer)
         if trainer is None or not trainer.spawner.ready:
             raise WorkshopError("path", _("Start your own server first: the notebooks are put into it."))
-        token = self.trainer_token(workshop)
         outcome: dict[str, list[str]] = {"collected": [], "not_running": []}
         base = f"collected-{workshop.folder}"
-        if await self.contents(trainer, token, base) is None:
-            await self.contents(trainer, token, base, {"type": "directory"})
+        if await self.contents(trainer, base) is None:
+            await self.contents(trainer, base, {"type": "directory"})
         for participant in workshop.participants.values():
             user = self.find_user(participant.name)
             if participant.waiting or user is None or not user.spawner.ready:
                 outcome["not_running"].append(participant.name)
                 continue
-            listing = await self.contents(user, token, workshop.folder)
+            listing = await self.contents(user, workshop.folder)
             notebooks = [item["path"] for item in (listing or {}).get("content") or []
                          if item.get("type") == "notebook"]
             target = f"{base}/{participant.name}"
-            if await self.contents(trainer, token, target) is None:
-                await self.contents(trainer, token, target, {"type": "directory"})
+            if await self.contents(trainer, target) is None:
+                await self.contents(trainer, target, {"type": "directory"})
             for path in notebooks:
-                model = await self.contents(user, token, path)
-                await self.contents(trainer, token, f"{target}/{PurePosixPath(path).name}",
+                model = await self.contents(user, path)
+                await self.contents(trainer, f"{target}/{PurePosixPath(path).name}",
                                     {"type": "notebook", "format": "json", "content": model["content"]})
             outcome["collected"].append(participant.name)
         self.log.info("%s collected the notebooks of workshop %s: %s", self.current_user.name, workshop.id,
@@ -532,7 +529,7 @@ class WorkshopMixin:
         return user
 
     async def seat_in_groups(self, workshop: Workshop, user: Any) -> None:
-        """Put ``user`` in the groups ``workshop`` and ``workshop-<id>``; let the trainer reach their server."""
+        """Put ``user`` in the groups ``workshop`` and ``workshop-<id>`` (what the trainer's role may read)."""
         for group_name in ("workshop", workshop.group):
             group = orm.Group.find(self.db, group_name)
             if group is None:
@@ -540,7 +537,7 @@ class WorkshopMixin:
                 self.db.add(group)
             if group not in user.orm_user.groups:
                 user.orm_user.groups.append(group)
-        roles.create_role(self.db, workshop_role(workshop))
+        self.db.commit()
 
     async def warm_up(self, workshop: Workshop) -> None:
         """Make the warm seats' accounts and start their sessions (inside the reservation)."""
