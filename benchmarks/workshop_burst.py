@@ -109,9 +109,9 @@ def as_trainer(method: str, path: str, token: str, timeout: float = 60, **kw: An
                             headers={"Authorization": f"token {token}", "Accept-Language": "en"}, **kw)
 
 
-def ours(main: Hub, trainer_token: str, profile: str, seats: int,
-         timeout: float) -> tuple[list[Sample], Probe, dict[str, Any]]:
-    """Create the workshop and let ``seats`` people join it at one moment."""
+def ours(main: Hub, trainer_token: str, profile: str, seats: int, timeout: float,
+         made: list[str]) -> tuple[list[Sample], Probe, dict[str, Any]]:
+    """Create the workshop (its id goes into ``made``) and let ``seats`` people join it at one moment."""
     start = datetime.now()
     end = start + timedelta(hours=2)  # past midnight it ends the next day
     window = {"date": start.strftime("%Y-%m-%d"), "start": start.strftime("%H:%M"), "end": end.strftime("%H:%M")}
@@ -133,6 +133,7 @@ def ours(main: Hub, trainer_token: str, profile: str, seats: int,
     if r.status_code != 201:
         raise BenchError(f"creating the workshop failed: HTTP {r.status_code} {r.text[:300]}")
     workshop = r.json()
+    made.append(workshop["id"])
     say(f"ours: workshop {workshop['id']} with {seats} seats, reservation {workshop['reservation']}")
     sessions = [requests.Session() for _ in range(seats)]
     forms = []
@@ -183,6 +184,46 @@ def ours(main: Hub, trainer_token: str, profile: str, seats: int,
     return list(samples.values()), probe, workshop
 
 
+def warm_joins(main: Hub, trainer_token: str, profile: str, seats: int, timeout: float,
+               made: list[str]) -> list[float]:
+    """A workshop with ``seats`` warm seats: once they run, people join one after another.
+
+    Each is timed from posting the join form until JupyterLab's page has loaded (every redirect followed,
+    the server's login included). The workshop's id goes into ``made`` (to clean up).
+    """
+    start = datetime.now()
+    window = {"date": start.strftime("%Y-%m-%d"), "start": start.strftime("%H:%M"),
+              "end": (start + timedelta(hours=2)).strftime("%H:%M")}
+    r = as_trainer("POST", "/workshops", trainer_token, json={"title": "Warm seats benchmark", **window,
+                                                              "seats": seats, "warm": seats, "profile": profile})
+    if r.status_code != 201:
+        raise BenchError(f"creating the warm workshop failed: HTTP {r.status_code} {r.text[:300]}")
+    workshop = r.json()
+    made.append(workshop["id"])
+    main.api("POST", "/workshops/tend", json={}, timeout=300)  # what the tender does every minute
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = as_trainer("GET", f"/workshops/{workshop['id']}", trainer_token).json()["participants"]
+        if len(rows) == seats and all(row["server"] == "running" for row in rows):
+            break
+        time.sleep(0.5)
+    else:
+        raise BenchError(f"the {seats} warm seats were not running within {timeout:.0f} s")
+    say(f"warm: {seats} warm seats run in workshop {workshop['id']}; people join one after another")
+    times = []
+    for i in range(seats):
+        session = requests.Session()
+        page = session.get(f"{MAIN_PUBLIC}/hub/join", params={"code": workshop["code"]}, timeout=60)
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)
+        t0 = time.monotonic()
+        answer = session.post(f"{MAIN_PUBLIC}/hub/join", timeout=60, data={
+            "code": workshop["code"], "display_name": f"Early bird {i + 1}", "_xsrf": xsrf})
+        if answer.status_code != 200 or "/lab" not in answer.url or "jupyter-config-data" not in answer.text:
+            raise BenchError(f"a warm join did not land in JupyterLab: HTTP {answer.status_code} at {answer.url}")
+        times.append(time.monotonic() - t0)
+    return times
+
+
 def report(label: str, samples: list[Sample], probe: Probe) -> None:
     ready = [s.ready_s for s in samples if s.ready_s is not None]
     failed = [s for s in samples if s.error]
@@ -204,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="workshop-gpu-share",
                         help="the workshop profile (workshop-gpu-share: an eighth of a GPU each)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for a whole burst (600)")
+    parser.add_argument("--warm", type=int, default=8,
+                        help="warm seats to join one after another, timed until JupyterLab has loaded (8; 0: none)")
     parser.add_argument("--idle-wait", type=float, default=120,
                         help="seconds to wait for other users' jobs to finish before each burst (120)")
     args = parser.parse_args(argv)
@@ -212,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--profile must be a profile of the site file and --seats 1..200")
     main_hub = Hub("main hub", MAIN_PUBLIC, MAIN_PROXY_API, (STATE / "lab-service-token").read_text().strip(),
                    (STATE / "proxy-token").read_text().strip())
-    workshop: dict[str, Any] = {}
+    made: list[str] = []  # the workshops this run made (ids)
     stock: StockHub | None = None
     stock_hub: Hub | None = None
     workdir = Path(tempfile.mkdtemp(prefix="aifl-workshop-bench-"))
@@ -225,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         main_hub.api("POST", "/groups/trainers", json={})
         main_hub.api("POST", "/groups/trainers/users", json={"users": [TRAINER]})
         wait_for_idle_cluster({TRAINER}, args.idle_wait)
-        ours_samples, ours_probe, workshop = ours(main_hub, trainer_token, args.profile, args.seats, args.timeout)
+        ours_samples, ours_probe, workshop = ours(main_hub, trainer_token, args.profile, args.seats, args.timeout,
+                                                   made)
         seats = len(ours_samples)
         as_trainer("POST", f"/workshops/{workshop['id']}/end", trainer_token, timeout=300)
 
@@ -244,18 +288,28 @@ def main(argv: list[str] | None = None) -> int:
         with Probe(f"{stock_hub.public}/hub/api/") as stock_probe:
             stock_samples = spawn_wave(stock_hub, tokens, site.resources[args.profile].stock_options(), "stock",
                                        args.timeout)
+        if stock is not None:
+            stock.stop()
+            stock = None
+        warm_times: list[float] = []
+        if args.warm:
+            wait_for_idle_cluster(set(users), args.idle_wait)
+            warm_times = warm_joins(main_hub, trainer_token, args.profile, args.warm, args.timeout, made)
         print(f"\nWorkshop burst, {seats} seats of {args.profile} at once (one run, same cluster):")
         report("ours", ours_samples, ours_probe)
         report("stock", stock_samples, stock_probe)
+        if warm_times:
+            print(f"warm     {len(warm_times)} joins to a warm seat, one after another, until JupyterLab has loaded: "
+                  f"median {statistics.median(warm_times):.2f} s, max {max(warm_times):.2f} s")
     except (BenchError, requests.RequestException, subprocess.SubprocessError, OSError) as exc:
         say(f"ERROR: {exc}")
         code = 1
     finally:
         say("cleaning up: the workshop, its temporary accounts, the stock hub, the benchmark users' servers")
-        if workshop:
+        for workshop_id in made:
             with contextlib.suppress(requests.RequestException):
-                state = as_trainer("GET", f"/workshops/{workshop['id']}", trainer_token).json()
-                as_trainer("POST", f"/workshops/{workshop['id']}/end", trainer_token, timeout=300)
+                state = as_trainer("GET", f"/workshops/{workshop_id}", trainer_token).json()
+                as_trainer("POST", f"/workshops/{workshop_id}/end", trainer_token, timeout=300)
                 as_of = (datetime.now() + timedelta(days=91)).strftime("%Y-%m-%dT%H:%M:%S")
                 main_hub.api("POST", "/workshops/tend", json={"as_of": as_of}, timeout=300)
                 for participant in state.get("participants", []):

@@ -242,6 +242,7 @@ def _run_workshop(hub, token: str, workshop: dict, users) -> None:
         assert session.get(f"{BASE}/hub/api/user", timeout=30).status_code == 403
         assert Path(f"/home/{user}/intro-to-notebooks").is_dir()  # files stay
     assert hub.api("GET", f"/users/{member}").status_code == 200
+    assert not {"workshop", f"workshop-{workshop['id']}"} & set(hub.api("GET", f"/users/{member}").json()["groups"])
     assert hub.api("GET", f"/users/{second}", token=token).status_code in (403, 404)
 
 

@@ -452,10 +452,14 @@ class WorkshopMixin:
         for workshop in self.store.all():
             if workshop.expired or not workshop.finished(now) or workshop.closes_at() + grace > now:
                 continue
+            still_in = {name for other in self.store.all() if other is not workshop and not other.expired
+                        for name in other.participants}
             for participant in workshop.participants.values():
                 user = self.find_user(participant.name)
                 if participant.temporary and user is not None:
                     await self.disable_user(user)
+                elif user is not None:  # an own account: no more workshop profiles on their spawn page
+                    self.leave_groups(user, [workshop.group] + ([] if participant.name in still_in else ["workshop"]))
             if orm.Role.find(self.db, workshop.trainer_role) is not None:
                 roles.delete_role(self.db, workshop.trainer_role)
             workshop.expired = True
@@ -465,6 +469,11 @@ class WorkshopMixin:
             done.append(workshop.id)
             self.log.info("The temporary accounts of workshop %s are disabled (grace period over)", workshop.id)
         return done
+
+    def leave_groups(self, user: Any, names: list[str]) -> None:
+        """Take ``user`` out of the hub groups ``names`` (those they are in)."""
+        user.orm_user.groups = [g for g in user.orm_user.groups if g.name not in names]
+        self.db.commit()
 
     async def disable_user(self, user: Any) -> None:
         """Stop the server and remove the hub user (its Unix account, files and Slurm history stay)."""
