@@ -320,8 +320,10 @@ print("ready", flush=True)
 def test_jobs_are_cancelled_at_exit_and_on_termination(tmp_path: Path, ending: str, returncode: int) -> None:
     _scancel, log = fake_command(tmp_path, "scancel")
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "7"}
+    # The child starts with SIGHUP's default action even when the tests run under nohup (which ignores it).
     done = subprocess.run([sys.executable, "-c", CLEANUP.format(ending=ending)], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+                          text=True, timeout=60, check=False,
+                          preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     assert done.stdout.startswith("ready"), done.stderr
     assert done.returncode == returncode  # the signal still ends the process, as before
     assert calls(log) == [["501"]]  # exactly once, only the job not cancelled yet

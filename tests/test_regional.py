@@ -55,7 +55,7 @@ def test_syncing_the_site_file_twice_changes_nothing(hub):
     current = Current(qos=parse_qos(slurm("sacctmgr", "-nP", *QOS_FORMAT)),
                       accounts=parse_accounts(slurm("sacctmgr", "-nP", *ACCOUNT_FORMAT)))
     assert plan(site, current).commands == []
-    assert current.qos["interactive"]["grptres"] == "gres/gpu=12"
+    assert current.qos["interactive"]["grptres"] == "gres/gpu=12,gres/shard=96"  # shared GPUs capped alike
     assert current.accounts["umcg"]["parent"] == "regional"
 
 
