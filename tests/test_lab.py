@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +35,7 @@ def test_second_up_changes_nothing_and_status_is_healthy(lab_system):
     status = lab("status")
     assert status.returncode == 0, status.stdout
     lines = [line.split() for line in status.stdout.splitlines() if line.strip()]
-    assert {line[1] for line in lines} >= {"munge", "mariadb", "slurmdbd", "slurmctld", "proxy", "hub"}
+    assert {line[1] for line in lines} >= {"munge", "mariadb", "slurmdbd", "slurmctld", "watchdog", "proxy", "hub"}
     assert all(line[0] == "ok" for line in lines)
 
 
@@ -70,3 +74,23 @@ def test_a_second_up_or_down_waits_for_the_first(tmp_path, capsys):
     second.join(timeout=10)
     assert order == ["first done", "second"]
     assert "another 'lab up' or 'lab down' is running" in capsys.readouterr().err
+
+
+def test_the_watchdog_starts_a_stopped_slurm_daemon_again(lab_system):
+    """slurmdbd (and a node's slurmd) killed between two `lab up`s: the watchdog brings them back by itself."""
+    log = Path("/var/log/aifl/watchdog.log")
+    before = log.read_text() if log.exists() else ""
+    dbd = int(Path("/run/slurm/slurmdbd.pid").read_text().split()[0])
+    slurmd = int(Path("/run/slurm/slurmd-cpu01.pid").read_text().split()[0])
+    os.kill(dbd, signal.SIGKILL)
+    os.kill(slurmd, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while lab("status").returncode != 0 and time.monotonic() < deadline:
+        time.sleep(2)
+    status = lab("status")
+    assert status.returncode == 0, status.stdout
+    assert int(Path("/run/slurm/slurmdbd.pid").read_text().split()[0]) != dbd
+    assert int(Path("/run/slurm/slurmd-cpu01.pid").read_text().split()[0]) != slurmd
+    assert "stopped: slurmdbd, slurmd cpu01; starting again" in log.read_text()[len(before):]
+    assert subprocess.run(["sacctmgr", "-nP", "show", "account", "format=account"], capture_output=True,
+                          text=True, check=True).stdout.strip()

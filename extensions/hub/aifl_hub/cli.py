@@ -300,7 +300,7 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-PROGRAMS = {"hub": "jupyterhub", "proxy": "configurable-http-proxy"}
+PROGRAMS = {"hub": "jupyterhub", "proxy": "configurable-http-proxy", "watchdog": "aifl_hub.watchdog"}
 
 
 def _pid(name: str) -> int | None:
@@ -459,16 +459,29 @@ def cmd_up(repo: Path, site_path: Path) -> None:
     with progress.step("Checking the first admin account"):
         if site["auth"]["type"] == "native":
             ensure_admin(site, progress)
+    if embedded:
+        start_watchdog(repo)
     print(f"\nAI Factory Lab is running at http://{site['hub']['ip']}:{site['hub']['port']}")
     if site["auth"]["type"] == "native":
         print(f"Log in as {site['hub']['admin_users'][0]!r} (password in {CREDENTIALS}); new users sign up "
               "on the login page and the admin approves them under 'Authorize Users'.")
 
 
+def start_watchdog(repo: Path) -> None:
+    """(Re)start the watchdog that brings stopped Slurm daemons back (:mod:`.watchdog`), with this code."""
+    stop_process("watchdog")
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+           "AIFL_HUB_CONFIG": str(repo / "hub_config")}
+    pid = start_daemon([str(HUB_ENV / "bin" / "python"), "-m", "aifl_hub.watchdog", "--site", str(ETC / "site.yaml")],
+                       LOGS / "watchdog.log", env=env, cwd=Path("/"))
+    (RUN / "watchdog.pid").write_text(str(pid))
+
+
 def cmd_down(site_path: Path) -> None:
-    """Stop the hub, the proxy and the local cluster."""
+    """Stop the hub, the proxy and the local cluster (the watchdog first, so that it restarts nothing)."""
     site = load_site(site_path)
     progress = Progress(2 if site["cluster"]["mode"] == "embedded" else 1)
+    stop_process("watchdog")
     with progress.step("Stopping JupyterHub and the proxy"):
         stop_process("hub")
         stop_process("proxy")
@@ -484,6 +497,8 @@ def cmd_status(site_path: Path) -> int:
     parts: list[tuple[str, bool, str]] = []
     if site["cluster"]["mode"] == "embedded":
         parts += cluster.status(site)
+        parts.append(("watchdog", bool(_pid("watchdog")),
+                      "restarts a stopped Slurm daemon" if _pid("watchdog") else "not running"))
     parts.append(("proxy", bool(_pid("proxy")) and _port_open(hub["port"], hub["ip"]),
                   f"answers on {hub['ip']}:{hub['port']}" if _pid("proxy") else "not running"))
     hub_ok = _http_ok(f"http://{hub['ip']}:{hub['port']}/hub/api/")

@@ -545,6 +545,14 @@ def down(progress: Progress) -> None:
             progress.note(f"{name} was not running")
 
 
+def stopped_daemons(site: Site) -> list[str]:
+    """The local cluster's daemons whose process is gone (cheap: pid files and /proc only)."""
+    daemons = [("munged", MUNGE_PID), ("mariadbd", MARIADB_PID), ("slurmdbd", DBD_PID), ("slurmctld", CTLD_PID)]
+    stopped = [comm for comm, pid_file in daemons if _daemon_pid(pid_file, comm) is None]
+    running = _slurmd_pids()
+    return stopped + [f"slurmd {node}" for node in node_names(site) if node not in running]
+
+
 def _daemon_status(part: str, pid: int | None, check: Callable[[], bool], works: str) -> tuple[str, bool, str]:
     """One status row: not running, running and answering, or running but not answering."""
     if not pid:
