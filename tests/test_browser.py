@@ -99,15 +99,41 @@ def log_in(page: Page, name: str, password: str, next_path: str = "") -> None:
     assert "/hub/login" not in page.url, f"login of {name} failed: {page.locator('.login_error').all_inner_texts()}"
 
 
-def sign_up(page: Page, name: str, password: str) -> None:
-    """Sign up through the hub's sign-up page; the admin still has to approve."""
+def sign_up(page: Page, name: str, password: str,
+            notice: str = "Your information has been sent to the admin") -> None:
+    """Sign up through the hub's sign-up page (``notice``: what it then says); the admin still has to approve."""
     page.goto(f"{BASE}/hub/signup")
     page.fill("input[name=username]", name)
     page.fill("input[name=signup_password]", password)
     page.fill("input[name=signup_password_confirmation]", password)
     with page.expect_navigation():
         page.click("#signup_submit")
-    expect(page.locator(".alert")).to_contain_text("Your information has been sent to the admin")
+    expect(page.locator(".alert")).to_contain_text(notice)
+
+
+@contextlib.contextmanager
+def signed_up_page(playwright: Playwright, log: RequestLog, name: str, password: str, *, locale: str,
+                   notice: str, failure_shot: str) -> Iterator[Page]:
+    """A Chromium page of ``name``, who signed up, was approved by the admin and logged in (``locale``).
+
+    The browser's requests go into ``log``; a failure inside leaves a screenshot ``failure_shot`` in ARTIFACTS.
+    """
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    context = browser.new_context(locale=locale, viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(30_000)
+    log.watch(context)
+    page = context.new_page()
+    try:
+        sign_up(page, name, password, notice)
+        approve(browser, log, name)
+        log_in(page, name, password)
+        yield page
+    except BaseException:
+        page.screenshot(path=str(ARTIFACTS / failure_shot), full_page=True)
+        raise
+    finally:
+        context.close()
+        browser.close()
 
 
 def approve(browser: Browser, log: RequestLog, name: str) -> None:

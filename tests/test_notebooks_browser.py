@@ -12,13 +12,11 @@ from playwright.sync_api import expect, sync_playwright
 from test_browser import (  # noqa: F401 - browser_user is a fixture used by name
     ARTIFACTS,
     CHROMIUM,
-    CHROMIUM_ARGS,
     LAB_TIMEOUT_MS,
     LOCAL_HOST,
     RequestLog,
-    approve,
     browser_user,  # a fixture
-    log_in,
+    signed_up_page,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
@@ -31,57 +29,38 @@ def test_the_dutch_welcome_notebook_runs_in_jupyterlab(hub, browser_user):  # no
         pytest.skip("Debian's chromium is not installed")
     name, password = browser_user
     log = RequestLog()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(locale="nl-NL", viewport={"width": 1400, "height": 900})
-        context.set_default_timeout(30_000)
-        log.watch(context)
-        page = context.new_page()
-        try:
-            page.goto(f"{BASE}/hub/signup")  # the hub's pages in Dutch, as the browser asks
-            page.fill("input[name=username]", name)
-            page.fill("input[name=signup_password]", password)
-            page.fill("input[name=signup_password_confirmation]", password)
-            with page.expect_navigation():
-                page.click("#signup_submit")
-            expect(page.locator(".alert")).to_contain_text("Je aanvraag is naar de beheerder gestuurd")
-            approve(browser, log, name)
-            log_in(page, name, password)
-            token = hub.api("POST", f"/users/{name}/tokens", json={"expires_in": 3600}).json()["token"]
-            hub.join(name, "umcg")
-            r = hub.api("POST", f"/users/{name}/server", token=token,
-                        json={"user_options": {"profile": "cpu-small"}}, headers={"Accept-Language": "nl"})
-            assert r.status_code in (201, 202), r.text
-            hub.wait_ready(name)
-            page.goto(f"{BASE}/user/{name}/lab/tree/{NOTEBOOK}")
-            notebook = page.locator(".jp-NotebookPanel:visible")
-            expect(notebook.locator("h1").first).to_contain_text("Welkom in het AI Factory Lab",
-                                                                  timeout=LAB_TIMEOUT_MS)
-            expect(notebook.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_be_attached(
-                timeout=LAB_TIMEOUT_MS)
-            first = notebook.locator(".jp-CodeCell").first.locator(".jp-InputPrompt")
-            for _ in range(3):  # JupyterLab drops a run while the kernel is not attached yet: ask again
-                page.locator(".lm-MenuBar-itemLabel", has_text="Uitvoeren").click()  # JupyterLab in Dutch
-                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-                try:
-                    expect(first).not_to_have_text(re.compile(r"^\s*\[ \]:\s*$"), timeout=15_000)
-                    break
-                except AssertionError:
-                    continue
-            else:
-                raise AssertionError("JupyterLab never ran the notebook")
-            output = notebook.locator(".jp-CodeCell").last.locator(".jp-OutputArea-output")  # the summary
-            expect(output).to_contain_text("'accuracy'", timeout=180_000)
-            result = ast.literal_eval(output.inner_text())
-            assert result["accuracy"] >= 0.85 and result["device"] == "cpu"
-            # The note says what did the work and how long it took; the plot is there.
-            expect(notebook).to_contain_text("trained on CPU in")
-            expect(notebook.locator(".jp-RenderedImage img")).to_have_count(1)
-            page.screenshot(path=str(ARTIFACTS / "notebook-welcome-nl.png"), full_page=True)
-        except BaseException:
-            page.screenshot(path=str(ARTIFACTS / "notebook-welcome-nl-failure.png"), full_page=True)
-            raise
-        finally:
-            context.close()
-            browser.close()
+    with sync_playwright() as p, signed_up_page(
+            p, log, name, password, locale="nl-NL", notice="Je aanvraag is naar de beheerder gestuurd",
+            failure_shot="notebook-welcome-nl-failure.png") as page:
+        token = hub.api("POST", f"/users/{name}/tokens", json={"expires_in": 3600}).json()["token"]
+        hub.join(name, "umcg")
+        r = hub.api("POST", f"/users/{name}/server", token=token,
+                    json={"user_options": {"profile": "cpu-small"}}, headers={"Accept-Language": "nl"})
+        assert r.status_code in (201, 202), r.text
+        hub.wait_ready(name)
+        page.goto(f"{BASE}/user/{name}/lab/tree/{NOTEBOOK}")
+        notebook = page.locator(".jp-NotebookPanel:visible")
+        expect(notebook.locator("h1").first).to_contain_text("Welkom in het AI Factory Lab",
+                                                              timeout=LAB_TIMEOUT_MS)
+        expect(notebook.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_be_attached(
+            timeout=LAB_TIMEOUT_MS)
+        first = notebook.locator(".jp-CodeCell").first.locator(".jp-InputPrompt")
+        for _ in range(3):  # JupyterLab drops a run while the kernel is not attached yet: ask again
+            page.locator(".lm-MenuBar-itemLabel", has_text="Uitvoeren").click()  # JupyterLab in Dutch
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            try:
+                expect(first).not_to_have_text(re.compile(r"^\s*\[ \]:\s*$"), timeout=15_000)
+                break
+            except AssertionError:
+                continue
+        else:
+            raise AssertionError("JupyterLab never ran the notebook")
+        output = notebook.locator(".jp-CodeCell").last.locator(".jp-OutputArea-output")  # the summary
+        expect(output).to_contain_text("'accuracy'", timeout=180_000)
+        result = ast.literal_eval(output.inner_text())
+        assert result["accuracy"] >= 0.85 and result["device"] == "cpu"
+        # The note says what did the work and how long it took; the plot is there.
+        expect(notebook).to_contain_text("trained on CPU in")
+        expect(notebook.locator(".jp-RenderedImage img")).to_have_count(1)
+        page.screenshot(path=str(ARTIFACTS / "notebook-welcome-nl.png"), full_page=True)
     assert log.foreign() == [], f"the browser contacted hosts other than {LOCAL_HOST}: {log.foreign()}"

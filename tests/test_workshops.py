@@ -10,9 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 from aifl_hub import workshop_reservation
-from aifl_hub.hubconfig import configure
 from aifl_hub.options import validate_options
 from aifl_hub.script import JobSpec, ScriptError, build_script
 from aifl_hub.site import load_site
@@ -42,6 +40,7 @@ from aifl_hub.workshops import (
 )
 from jupyterhub import handlers
 from jupyterhub.apihandlers import default_handlers as api_routes
+from test_hubconfig import configured
 from traitlets.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -323,15 +322,13 @@ def test_warm_seats_start_shortly_before_the_window_and_are_taken_in_turn():
 
 
 def _configured(tmp_path, mutate=None) -> Config:
-    site = yaml.safe_load((REPO / "hub_config" / "site.yaml").read_text())
-    site["hub"]["state_dir"] = str(tmp_path)
-    if mutate:
-        mutate(site)
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(site))
-    c = Config()
-    configure(c, str(path))
-    return c
+    """The hub's configuration with its state (the workshops) in ``tmp_path``."""
+    def change(site: dict) -> None:
+        site["hub"]["state_dir"] = str(tmp_path)
+        if mutate:
+            mutate(site)
+
+    return configured(tmp_path, change)
 
 
 def test_the_hub_gets_the_workshop_pages_roles_and_tender(tmp_path):

@@ -34,6 +34,7 @@ import time
 import unicodedata
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
@@ -198,8 +199,7 @@ class WorkshopMixin:
             raise WorkshopError("", _("The cluster does not answer right now. Nothing was created; "
                                       "try again in a minute.")) from None
         plan = plan_reservation(override, new.seats, nodes, lang)
-        workshop = Workshop(id=self.store.new_id(), title=new.title, starts_at=new.starts_at, ends_at=new.ends_at,
-                            seats=new.seats, warm=new.warm, profile=new.profile, material=new.material,
+        workshop = Workshop(**asdict(new), id=self.store.new_id(),
                             folder=folder_name(new.title), trainer=self.current_user.name, code=new_code(),
                             partition=plan.partition, created_at=now.replace(microsecond=0),
                             own_notebooks=own.notebooks if own else 0)

@@ -140,16 +140,23 @@ class Participant:
 
 
 @dataclass
-class Workshop:
-    """One workshop; times are the hub machine's local time (as Slurm reads them)."""
+class NewWorkshop:
+    """A checked request for a workshop (before its reservation exists)."""
 
-    id: str
     title: str
     starts_at: datetime
     ends_at: datetime
     seats: int
     profile: str
     material: str
+    warm: int = 0  # seats whose sessions start before the window opens
+
+
+@dataclass(kw_only=True)
+class Workshop(NewWorkshop):
+    """One workshop: what the trainer asked for and what it became (local times, as Slurm reads them)."""
+
+    id: str
     folder: str  # where the material goes in each participant's home
     trainer: str
     code: str
@@ -158,7 +165,6 @@ class Workshop:
     ended_at: datetime | None = None
     expired: bool = False  # its temporary accounts are disabled
     participants: dict[str, Participant] = field(default_factory=dict)
-    warm: int = 0  # seats whose sessions start before the window opens
     warm_started: bool = False
     own_notebooks: int = 0  # the trainer uploaded the material (this many notebooks); else ``material`` is a folder
 
@@ -341,19 +347,6 @@ def seat_for(site: Site, user: str, profile: str, now: datetime | None = None) -
 
 
 # ---------------------------------------------------------------- checking a new workshop
-
-@dataclass(frozen=True)
-class NewWorkshop:
-    """A checked request for a workshop (before its reservation exists)."""
-
-    title: str
-    starts_at: datetime
-    ends_at: datetime
-    seats: int
-    profile: str
-    material: str
-    warm: int = 0
-
 
 def validate_new(site: Site, form: Mapping[str, Any], now: datetime, lang: str,
                  offered_materials: Sequence[str]) -> NewWorkshop:
