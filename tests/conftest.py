@@ -17,6 +17,30 @@ STATE = Path("/var/lib/aifl")
 BASE = "http://127.0.0.1:8000"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the running lab (``lab_system`` among its fixtures) as ``cluster``.
+
+    The rest are the pure tests: ``-m "not cluster and not browser"`` selects exactly them (the
+    fixed-moment runs under ``faketime`` in ``./lab test`` do).
+    """
+    for item in items:
+        if "lab_system" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+
+
+CLOCK_VARIABLES = ("LD_PRELOAD", "FAKETIME", "FAKETIME_SHARED", "FAKETIME_DONT_RESET", "TZ")
+
+
+def clock_environment() -> dict[str, str]:
+    """The variables that set this test run's clock and time zone (``faketime``'s, ``TZ``), where set.
+
+    A child started with a clean environment gets them too, so that it lives at the same moment as the
+    test that started it (``./lab test`` runs the pure tests under ``faketime`` at fixed moments).
+    """
+    return {name: os.environ[name] for name in CLOCK_VARIABLES if name in os.environ}
+
+
+
 def lab(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     """Run ./lab with ``args`` and return the completed process (output captured)."""
     return subprocess.run([str(REPO / "lab"), *args], capture_output=True, text=True, timeout=timeout, check=False)

@@ -27,7 +27,15 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from aifl_hub.facility import ALL_CATEGORIES, PERIODS, Facility, FacilityCache, parse_sacct, period_figures
+from aifl_hub.facility import (
+    ALL_CATEGORIES,
+    PERIODS,
+    Facility,
+    FacilityCache,
+    parse_sacct,
+    period_figures,
+    this_month,
+)
 from aifl_hub.facility_service import Service, describe_wait, make_app, share_chart
 from conftest import BASE, REPO, slurm
 from jupyterhub._data import DATA_FILES_PATH
@@ -214,10 +222,29 @@ def test_admin_routes(replayed):
     report = get(f"{replayed}{PREFIX}report.csv", "boss")
     assert report.status_code == 200 and report.headers["Content-Type"].startswith("text/csv")
     assert report.text.splitlines()[0].startswith("month,organisation,")
-    assert get(f"{replayed}{PREFIX}report.csv?month=2026-13", "boss").status_code == 400
-    assert get(f"{replayed}{PREFIX}report.csv?month=2999-01", "boss").status_code == 400
+    # the default month is the service's own clock's, not the wall clock's
+    assert f"aifl-gpu-hours-{this_month(replay_clock())}.csv" in report.headers["Content-Disposition"]
     page = get(f"{replayed}{PREFIX}", "boss", headers={"Accept-Language": "en"})
     assert "report.csv?month=" in page.text
+
+
+@pytest.mark.parametrize(("month", "lang", "words"), [
+    ("2026-13", "en", "Write the month as year-month, for example {current}."),
+    ("2026-1", "nl", "Schrijf de maand als jaar-maand, bijvoorbeeld {current}."),
+    ("<b>", "en", "Write the month as year-month"),
+    ("next", "nl", "Schrijf de maand als jaar-maand"),
+    ("{next}", "en", "The month {next} has not begun yet. Choose {current} or an earlier month."),
+    ("2999-01", "nl", "De maand 2999-01 is nog niet begonnen. Kies {current} of een eerdere maand."),
+])
+def test_a_bad_report_month_is_a_plain_400_in_the_visitors_language(replayed, month, lang, words):
+    now = replay_clock()
+    current = this_month(now)
+    following = this_month(now.replace(day=28) + timedelta(days=4))
+    month = month.replace("{next}", following)
+    r = get(f"{replayed}{PREFIX}report.csv", "boss", params={"month": month}, headers={"Accept-Language": lang})
+    assert r.status_code == 400 and r.headers["Content-Type"].startswith("text/html")
+    assert words.format(current=current, next=following) in html.unescape(r.text)
+    assert "<b>" not in r.text and "Traceback" not in r.text
 
 
 def test_metrics_for_admins_and_hub_services(replayed):

@@ -410,6 +410,7 @@ def fake_start(started: list[dict]):
     return start
 
 
+@pytest.mark.timed_thread_waits
 def test_widget_starts_follows_and_closes_a_cluster() -> None:
     pytest.importorskip("ipywidgets")
     from aifl_notebook.widgets.dask import ADAPTIVE, DaskPanel

@@ -376,6 +376,7 @@ def test_widget_in_dutch_without_driver() -> None:
     panel.close()
 
 
+@pytest.mark.timed_thread_waits
 def test_widget_updates_itself_in_a_thread_until_stopped() -> None:
     from aifl_notebook.widgets.panel import SessionPanel
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, slurm
+from conftest import REPO, clock_environment, slurm
 from test_notebook_dask import Kernel, start_session, wait_no_workers
 
 NOTEBOOKS = REPO / "notebooks"
@@ -161,7 +161,8 @@ def environment(request: pytest.FixtureRequest) -> Path:
 def test_the_notebook_runs_and_reaches_its_result(environment: Path, tmp_path: Path, name: str, lang: str) -> None:
     out = tmp_path / "out.ipynb"
     arguments = [a for key, value in SMALL[name].items() for a in ("-p", key, str(value))]
-    env = {"PATH": f"{environment / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    env = {"PATH": f"{environment / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           **clock_environment()}
     run = subprocess.run([str(PAPERMILL), "--no-progress-bar", "-k", "python3",
                           str(NOTEBOOKS / f"{name}.{lang}.ipynb"), str(out), *arguments],
                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)

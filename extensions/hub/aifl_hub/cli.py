@@ -51,7 +51,19 @@ WORK_HELPER = Path("/usr/local/sbin/aifl-work")
 SUDOERS = Path("/etc/sudoers.d/aifl-hub")
 CREDENTIALS = ETC / "admin-credentials"
 SYSTEM_PACKAGES = ["slurm-wlm", "slurmdbd", "slurm-client", "munge", "mariadb-server", "sudo", "util-linux"]
-TEST_PACKAGES = ["chromium"]
+TEST_PACKAGES = ["chromium", "faketime"]
+# The pure tests (those that need no running lab) run again under Debian's faketime at moments where
+# code that reads the wall clock breaks: each starts half a minute before the turn, so the run crosses it.
+# The offsets pin the moment in the facility's time zone (the autumn one is ambiguous without it).
+CLOCK_ZONE = "Europe/Amsterdam"
+CLOCK_MOMENTS = (
+    ("the last minute of a month", "2026-11-30 23:59:30 +0100"),
+    ("31 December 23:59", "2026-12-31 23:59:30 +0100"),
+    ("summer time begins (02:00 becomes 03:00)", "2027-03-28 01:59:30 +0100"),
+    ("summer time ends (03:00 becomes 02:00 again)", "2027-10-31 02:59:30 +0200"),
+    ("22:30 (windows past midnight)", "2027-06-15 22:30:00 +0200"),
+)
+PURE_TESTS = "not cluster and not browser and not timed_thread_waits"
 
 
 def _missing_packages(names: list[str]) -> list[str]:
@@ -509,9 +521,31 @@ def cmd_status(site_path: Path) -> int:
     return 0 if all(p[1] for p in parts) else 1
 
 
+def run_at_fixed_moments(venv: Path, repo: Path, progress: Progress) -> int:
+    """Run the pure tests under ``faketime`` at each of :data:`CLOCK_MOMENTS`; the number of failed runs."""
+    failed = 0
+    for what, moment in CLOCK_MOMENTS:
+        progress.note(f"faketime {moment!r} ({what}, {CLOCK_ZONE}):")
+        result = subprocess.run(["faketime", "-m", moment, str(venv / "bin" / "python"), "-m", "pytest", "-q",
+                                 "-p", "no:cacheprovider", "-m", PURE_TESTS, "tests"],
+                                cwd=repo, env={**os.environ, "TZ": CLOCK_ZONE}, capture_output=True, text=True,
+                                check=False)
+        lines = result.stdout.strip().splitlines()
+        summary = lines[-1] if lines else result.stderr.strip()[-500:]
+        progress.note(f"  at {moment}: {summary.strip('= ')}")
+        if result.returncode:
+            failed += 1
+            print(result.stdout[-20000:], result.stderr[-3000:], sep="\n", flush=True)
+    return failed
+
+
 def cmd_test(repo: Path, extra: list[str]) -> int:
-    """Install what the tests need (Chromium, a test venv) and run ruff and pytest."""
-    progress = Progress(3)
+    """Install what the tests need (Chromium, faketime, a test venv) and run ruff and pytest.
+
+    Without ``extra`` (the whole suite, as CI runs it) the pure tests first run at fixed moments under
+    ``faketime`` (:func:`run_at_fixed_moments`).
+    """
+    progress = Progress(3 if extra else 4)
     with progress.step("Checking system packages for the tests"):
         install_packages(SYSTEM_PACKAGES + TEST_PACKAGES, progress)
     venv = repo / ".venv"
@@ -525,8 +559,15 @@ def cmd_test(repo: Path, extra: list[str]) -> int:
         print(lint.stdout.strip() or "        ruff: all checks passed")
         if lint.returncode:
             return lint.returncode
-    return subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", *(extra or ["tests"])],
+    clock_failures = 0
+    if not extra:
+        with progress.step(f"The tests that need no running lab, at {len(CLOCK_MOMENTS)} fixed moments (faketime)"):
+            clock_failures = run_at_fixed_moments(venv, repo, progress)
+    code = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", *(extra or ["tests"])],
                           cwd=repo, check=False).returncode
+    if clock_failures:
+        print(f"lab: the tests failed at {clock_failures} of the fixed moments (see above)", file=sys.stderr)
+    return code or (1 if clock_failures else 0)
 
 
 @contextlib.contextmanager

@@ -190,16 +190,27 @@ def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
     raise ValueError(f"unknown period: {period!r}")
 
 
+class MonthError(ValueError):
+    """A month that is malformed (``not_begun`` false) or has not begun yet (``not_begun`` true)."""
+
+    def __init__(self, month: str, *, not_begun: bool) -> None:
+        super().__init__(f"month {month} has not begun" if not_begun else f"not a month (YYYY-MM): {month!r}")
+        self.month, self.not_begun = month, not_begun
+
+
 def month_bounds(month: str, now: datetime) -> tuple[datetime, datetime]:
-    """The window of ``month`` (``YYYY-MM``): its first second up to the next month's, or ``now`` if sooner."""
+    """The window of ``month`` (``YYYY-MM``): its first second up to the next month's, or ``now`` if sooner.
+
+    Raises :class:`MonthError` for a malformed month or one that begins after ``now``.
+    """
     match = _MONTH.match(month)
     if match is None:
-        raise ValueError(f"not a month (YYYY-MM): {month!r}")
+        raise MonthError(month, not_begun=False)
     year, number = int(match.group(1)), int(match.group(2))
     start = datetime(year, number, 1)
     end = datetime(year + number // 12, number % 12 + 1, 1)
     if start > now:
-        raise ValueError(f"month {month} has not begun")
+        raise MonthError(month, not_begun=True)
     return start, min(end, now)
 
 

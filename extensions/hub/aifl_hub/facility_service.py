@@ -26,7 +26,6 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +44,7 @@ from .facility import (
     REGIONAL_TARGET,
     Facility,
     FacilityCache,
+    MonthError,
     PeriodFigures,
     figures_json,
     format_hours,
@@ -291,11 +291,18 @@ class ReportHandler(FacilityHandler):
     async def get(self) -> None:
         """CSV from :func:`~aifl_hub.facility.report_csv`, read from Slurm now (not cached)."""
         self.user_model(admin=True)
-        month = self.get_query_argument("month", "") or this_month(datetime.now())
+        now = self.service.figures.facility.clock()
+        month = self.get_query_argument("month", "") or this_month(now)
         try:
-            month_bounds(month, datetime.now())
-        except ValueError:
-            raise web.HTTPError(400) from None
+            month_bounds(month, now)
+        except MonthError as exc:
+            _ = gettext_for(self.lang)
+            message = (_("The month {month} has not begun yet. Choose {current} or an earlier month.")
+                       if exc.not_begun else _("Write the month as year-month, for example {current}."))
+            self.set_status(400)
+            self.render_page("error.html", status_code=400, message=message.format(month=month,
+                                                                                  current=this_month(now)))
+            return
         rows = await self.service.figures.facility.month_report(month)
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="aifl-gpu-hours-{month}.csv"')
