@@ -272,8 +272,11 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
     write_file(WORK_HELPER, (Path(__file__).parent / "workshop_work.py").read_text(), mode=0o755)
     rules = (
         "# AI Factory Lab: the hub may submit and cancel jobs as lab users, and create lab accounts.\n"
-        f'Defaults:{hub_user} !requiretty, env_keep += "JUPYTERHUB_* JPY_* AIFL_*"\n'
-        f"{hub_user} ALL=(%{group}) NOPASSWD: {slurm_bin}/sbatch --parsable, {slurm_bin}/scancel\n"
+        f"Defaults:{hub_user} !requiretty\n"
+        # Only a submission carries the hub's environment (the job's API token and settings) to the job.
+        f"Cmnd_Alias AIFL_SUBMIT = {slurm_bin}/sbatch --parsable\n"
+        'Defaults!AIFL_SUBMIT env_keep += "JUPYTERHUB_* JPY_* AIFL_*"\n'
+        f"{hub_user} ALL=(%{group}) NOPASSWD: AIFL_SUBMIT, {slurm_bin}/scancel\n"
         # The grid service releases held flexible work (a user may release only their own jobs).
         f"{hub_user} ALL=(%{group}) NOPASSWD: {slurm_bin}/scontrol ^release [0-9]{{1,12}}$\n"
         f"{hub_user} ALL=(root) NOPASSWD: {MKUSER}, {RESERVATION_HELPER}\n"
