@@ -168,8 +168,8 @@ def _run_workshop(hub, token: str, workshop: dict, users) -> None:
     for user in joined:
         home = Path(f"/home/{user}")
         assert stat.S_IMODE(home.stat().st_mode) & 0o077 == 0
-        assert (home / "intro-to-notebooks").is_dir()
-        assert list((home / "intro-to-notebooks").rglob("*.ipynb"))
+        assert (home / workshop["folder"]).is_dir() and workshop["folder"] == f"intro-to-notebooks-{workshop['id']}"
+        assert list((home / workshop["folder"]).rglob("*.ipynb"))
 
     # The seats are full now.
     _, full = join(workshop["code"], "Late Comer")
@@ -194,7 +194,7 @@ def _run_workshop(hub, token: str, workshop: dict, users) -> None:
                         timeout=30)
     assert mine.status_code == 200
     # The trainer sees which notebook a participant has open.
-    notebook = str(sorted((Path(f"/home/{first}") / "intro-to-notebooks").rglob("*.ipynb"))[0]
+    notebook = str(sorted((Path(f"/home/{first}") / workshop["folder"]).rglob("*.ipynb"))[0]
                    .relative_to(f"/home/{first}"))
     opened = requests.post(f"{BASE}/user/{first}/api/sessions", headers={"Authorization": f"token {first_token}"},
                            json={"path": notebook, "name": notebook, "type": "notebook",
@@ -240,7 +240,7 @@ def _run_workshop(hub, token: str, workshop: dict, users) -> None:
     for user, session in joined.items():
         assert hub.api("GET", f"/users/{user}").status_code == 404
         assert session.get(f"{BASE}/hub/api/user", timeout=30).status_code == 403
-        assert Path(f"/home/{user}/intro-to-notebooks").is_dir()  # files stay
+        assert Path(f"/home/{user}/{workshop['folder']}").is_dir()  # files stay
     assert hub.api("GET", f"/users/{member}").status_code == 200
     assert not {"workshop", f"workshop-{workshop['id']}"} & set(hub.api("GET", f"/users/{member}").json()["groups"])
     assert hub.api("GET", f"/users/{second}", token=token).status_code in (403, 404)
@@ -364,11 +364,11 @@ def test_push_reaches_running_seats_without_overwriting_and_collect_gathers_the_
         assert first.status_code == 200, first.text
         assert sorted(first.json()["copied"]) == sorted(people) and first.json()["beside"] == []
         for person in people:
-            assert first_cell(Path(f"/home/{person}/push-class/lesson.ipynb")) == "version 1"
+            assert first_cell(Path(f"/home/{person}/{workshop['folder']}/lesson.ipynb")) == "version 1"
         # Ada works on her copy; the trainer updates theirs and pushes again: her work stays, the new one lands beside.
         requests.put(f"{BASE}/user/{name}/api/contents/lesson.ipynb", headers=auth, json=notebook("version 2"),
                      timeout=60)
-        ada = Path(f"/home/{people[0]}/push-class/lesson.ipynb")
+        ada = Path(f"/home/{people[0]}/{workshop['folder']}/lesson.ipynb")
         work = json.loads(ada.read_text())
         work["cells"][0]["source"] = "Ada's answer"
         subprocess.run(["sudo", "-n", "-u", people[0], "tee", str(ada)], input=json.dumps(work), text=True,
@@ -381,7 +381,7 @@ def test_push_reaches_running_seats_without_overwriting_and_collect_gathers_the_
         # At the end the trainer collects everyone's notebooks into their own home.
         collected = hub.api("POST", f"/workshops/{workshop['id']}/collect", token=token)
         assert sorted(collected.json()["collected"]) == sorted(people), collected.text
-        mine = Path(f"/home/{name}/collected-push-class")
+        mine = Path(f"/home/{name}/collected-{workshop['folder']}")
         assert first_cell(mine / people[0] / "lesson.ipynb") == "Ada's answer"
         assert sorted(p.name for p in (mine / people[0]).glob("*.ipynb")) == sorted([beside[0].name, "lesson.ipynb"])
     finally:

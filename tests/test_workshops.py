@@ -216,10 +216,10 @@ def test_codes_and_folders():
     codes = {new_code() for _ in range(50)}
     assert len(codes) == 50 and all(len(c) == 8 and set(c) <= set(CODE_ALPHABET) for c in codes)
     assert normalise_code(" abcd-2345 ") == "ABCD2345"
-    assert folder_name("Intro to AI!") == "intro-to-ai"
-    assert folder_name("Één cursus: café") == "een-cursus-cafe"
-    assert folder_name("???") == "workshop"
-    assert len(folder_name("x" * 100)) <= 40
+    assert folder_name("Intro to AI!", "abc123") == "intro-to-ai-abc123"
+    assert folder_name("Één cursus: café", "abc123") == "een-cursus-cafe-abc123"
+    assert folder_name("???", "abc123") == "workshop-abc123"
+    assert len(folder_name("x" * 100, "abc123")) <= 40 + len("-abc123")
 
 
 def test_materials_are_the_subfolders(tmp_path):

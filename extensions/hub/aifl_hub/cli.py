@@ -48,6 +48,7 @@ PROXY_VERSION = "5.3.0"
 MKUSER = Path("/usr/local/sbin/aifl-mkuser")
 RESERVATION_HELPER = Path("/usr/local/sbin/aifl-reservation")
 WORK_HELPER = Path("/usr/local/sbin/aifl-work")
+REVOKE_HELPER = Path("/usr/local/sbin/aifl-revoke")
 SUDOERS = Path("/etc/sudoers.d/aifl-hub")
 CREDENTIALS = ETC / "admin-credentials"
 SYSTEM_PACKAGES = ["slurm-wlm", "slurmdbd", "slurm-client", "munge", "mariadb-server", "sudo", "util-linux"]
@@ -270,6 +271,8 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
     write_file(RESERVATION_HELPER, (Path(__file__).parent / "workshop_reservation.py").read_text(), mode=0o755)
     # ... and read a participant's workshop folder as that participant (a notebook for the trainer, the zip).
     write_file(WORK_HELPER, (Path(__file__).parent / "workshop_work.py").read_text(), mode=0o755)
+    # ... and take a closed workshop's rights away (jobs, Slurm associations, temporary Unix accounts locked).
+    write_file(REVOKE_HELPER, (Path(__file__).parent / "workshop_revoke.py").read_text(), mode=0o755)
     rules = (
         "# AI Factory Lab: the hub may submit and cancel jobs as lab users, and create lab accounts.\n"
         f"Defaults:{hub_user} !requiretty\n"
@@ -279,7 +282,7 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
         f"{hub_user} ALL=(%{group}) NOPASSWD: AIFL_SUBMIT, {slurm_bin}/scancel\n"
         # The grid service releases held flexible work (a user may release only their own jobs).
         f"{hub_user} ALL=(%{group}) NOPASSWD: {slurm_bin}/scontrol ^release [0-9]{{1,12}}$\n"
-        f"{hub_user} ALL=(root) NOPASSWD: {MKUSER}, {RESERVATION_HELPER}\n"
+        f"{hub_user} ALL=(root) NOPASSWD: {MKUSER}, {RESERVATION_HELPER}, {REVOKE_HELPER}\n"
         f"{hub_user} ALL=(%{group}) NOPASSWD: {WORK_HELPER}\n"
     )
     candidate = SUDOERS.with_name("aifl-hub.check")

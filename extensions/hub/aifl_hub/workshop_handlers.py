@@ -15,24 +15,31 @@ Pages (Dutch and English, like every hub page):
 
 REST API (tokens): ``GET|POST /hub/api/workshops`` (POST may carry the trainer's own material as ``upload``,
 base64 files: see :meth:`WorkshopsAPI.post`), ``GET /hub/api/workshops/<id>``,
-``POST /hub/api/workshops/<id>/end`` and ``POST /hub/api/workshops/tend`` (the tender service: disables
-the temporary accounts of workshops whose grace period is over).
+``POST /hub/api/workshops/<id>/end`` and ``POST /hub/api/workshops/tend`` (the tender service: takes away
+what workshops whose grace period is over gave, through the root helper ``aifl-revoke``: temporary
+accounts are removed from the hub and Slurm and locked, members lose the workshop's Slurm account).
 
 Who may do what (RBAC): the scope ``custom:workshops:run`` (role ``trainer``, given to the site's trainer
 group) lets a user create workshops; a trainer sees and ends only their own (admins see all). Each
 workshop has a role ``workshop-<id>-trainer`` for its trainer with read scopes filtered to the workshop's
 group ``workshop-<id>``: through the REST API a trainer reads about their participants and no one else,
 and reaches no participant's server. Push and collect go through the hub, which uses each server's own
-token once it has checked that the trainer runs the workshop.
+token once it has checked that the trainer runs the workshop; what they copy is never trusted by the
+receiving server (a notebook's HTML and JavaScript outputs do not run as another account). The trainer reaches
+only the workshop's own folder, whose name carries the workshop's id.
+
+Join codes are limited by the address the proxy saw (:func:`client_address`), per address and overall
+(:class:`JoinLimiter`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
 import unicodedata
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
@@ -47,6 +54,7 @@ from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httputil import HTTPServerRequest
 from tornado.iostream import StreamClosedError
 
 from .i18n import gettext_for
@@ -96,15 +104,61 @@ CUSTOM_SCOPES = {
 }
 SUDO = "/usr/bin/sudo"
 MKUSER = "/usr/local/sbin/aifl-mkuser"
+REVOKE_HELPER = "/usr/local/sbin/aifl-revoke"
 WORKSHOP_ID = r"([a-z0-9]{6})"
 DISPLAY_NAME_MAX = 60
-# Wrong codes per address within JOIN_WINDOW seconds before that address may not try for a while (a class
+# Wrong codes per address within JOIN_WINDOW seconds before that address is answered "too many" (a class
 # behind one address that mistypes now and then is not locked out; guessing an 8-character code is hopeless).
 JOIN_FAILURES_ALLOWED = 20
 JOIN_WINDOW = 60.0
-_failures: dict[str, deque[float]] = {}
+# Wrong codes from everyone together within JOIN_WINDOW before addresses that tried wrong ones are not
+# heard at all (so many addresses do not guess faster than a few), and addresses remembered at most.
+JOIN_FAILURES_OVERALL = 200
+JOIN_ADDRESSES_MAX = 10_000
+# The web proxy in front of the hub (configurable-http-proxy, on this host): it appends the address of
+# whoever connected to it to X-Forwarded-For. What a client wrote into that header itself, and X-Real-IP,
+# is never believed.
+TRUSTED_PROXIES = frozenset({"127.0.0.1", "::1"})
+# Collect and push: what is copied between servers, and how long one seat may take.
+COPY_MAX_BYTES = 20 * MB
+COPY_NOTEBOOKS_MAX = 200
+NOTEBOOK_NAME_MAX = 200
+SEAT_TIMEOUT = 120.0
 LISTING_TTL = 20.0
 _listings: dict[tuple[str, str], tuple[float, list[str]]] = {}  # (workshop, seat) -> (when read, notebooks)
+
+
+def untrusted(content: Any) -> dict[str, Any] | None:
+    """A copy of a notebook (nbformat 4) that the server it is saved in will not trust; None for anything else.
+
+    Jupyter signs a notebook on saving when all its code cells say ``metadata.trusted`` (as a server marks
+    them when it reads a notebook it trusts), and shows the HTML and JavaScript outputs of a signed notebook
+    as they are. Without those marks the receiving server signs only a notebook without such outputs, so a
+    notebook trusted by one account never runs its outputs in another account's browser.
+    """
+    if not isinstance(content, dict) or content.get("nbformat") != 4 or not isinstance(content.get("cells"), list) \
+            or not all(isinstance(cell, dict) for cell in content["cells"]):
+        return None
+    copy = json.loads(json.dumps(content))
+    for cell in copy["cells"]:
+        metadata = cell.get("metadata")
+        cell["metadata"] = {k: v for k, v in metadata.items() if k != "trusted"} if isinstance(metadata, dict) else {}
+    return copy
+
+
+def notebook_name_ok(name: Any) -> bool:
+    """A plain notebook file name: ``NAME.ipynb``, not hidden, no path, no control characters, not too long."""
+    return isinstance(name, str) and 6 < len(name) <= NOTEBOOK_NAME_MAX and name.endswith(".ipynb") and \
+        not name.startswith(".") and "/" not in name and "\\" not in name and \
+        not any(unicodedata.category(ch).startswith("C") for ch in name)
+
+
+def printable(name: Any) -> str:
+    """A file name as a report shows it: control characters as ``?``, at most 80 characters."""
+    if not isinstance(name, str):
+        return "?"
+    shown = "".join("?" if unicodedata.category(ch).startswith("C") else ch for ch in name)
+    return shown if len(shown) <= 80 else shown[:79] + "…"
 
 
 def trainer_roles(site: Site) -> list[dict[str, Any]]:
@@ -199,8 +253,9 @@ class WorkshopMixin:
             raise WorkshopError("", _("The cluster does not answer right now. Nothing was created; "
                                       "try again in a minute.")) from None
         plan = plan_reservation(override, new.seats, nodes, lang)
-        workshop = Workshop(**asdict(new), id=self.store.new_id(),
-                            folder=folder_name(new.title), trainer=self.current_user.name, code=new_code(),
+        workshop_id = self.store.new_id()
+        workshop = Workshop(**asdict(new), id=workshop_id,
+                            folder=folder_name(new.title, workshop_id), trainer=self.current_user.name, code=new_code(),
                             partition=plan.partition, created_at=now.replace(microsecond=0),
                             own_notebooks=own.notebooks if own else 0)
         argv = reservation_argv([SUDO, "-n", RESERVATION_HELPER], workshop, plan, found.organisation, now)
@@ -239,8 +294,8 @@ class WorkshopMixin:
                       workshop.reservation)
         return workshop
 
-    async def open_notebooks(self, spawner: Any) -> list[str]:
-        """The notebooks open in a running server (its sessions, asked with the server's own token)."""
+    async def open_notebooks(self, spawner: Any, folder: str) -> list[str]:
+        """The notebooks open in a running server inside its ``folder`` (asked with the server's own token)."""
         url = url_path_join(spawner.server.url, "api/sessions")
         request = HTTPRequest(url, headers={"Authorization": f"token {spawner.api_token}"}, request_timeout=3)
         try:
@@ -249,7 +304,7 @@ class WorkshopMixin:
             self.log.debug("No sessions from %s: %s", spawner._log_name, exc)
             return []
         return sorted(s["path"] for s in sessions if isinstance(s, dict) and s.get("type") == "notebook"
-                      and isinstance(s.get("path"), str))
+                      and isinstance(s.get("path"), str) and s["path"].startswith(folder + "/"))
 
     async def seat_rows(self, workshop: Workshop) -> list[dict[str, Any]]:
         """Each participant, their server and the notebooks open in it, for the live view."""
@@ -273,9 +328,11 @@ class WorkshopMixin:
                          "server": state, "last_activity": activity.isoformat() + "Z" if activity else None,
                          "node": (getattr(spawner, "session", None) or {}).get("node", "") if spawner else "",
                          "notebooks": [], "files": []})
-            asked.append(self.open_notebooks(spawner) if state == "running" else asyncio.sleep(0, []))
-            listed.append(asyncio.sleep(0, []) if participant.waiting or workshop.expired
-                          else self.seat_files(workshop, participant.name))
+            reached = workshop.reaches(participant) and not workshop.expired
+            asked.append(self.open_notebooks(spawner, workshop.folder) if state == "running" and reached
+                         else asyncio.sleep(0, []))
+            listed.append(self.seat_files(workshop, participant.name) if reached and not participant.waiting
+                          else asyncio.sleep(0, []))
         for row, notebooks, files in zip(rows, await asyncio.gather(*asked), await asyncio.gather(*listed),
                                          strict=True):
             row["notebooks"], row["files"] = notebooks, files
@@ -362,7 +419,8 @@ class WorkshopMixin:
         """Copy the notebook ``path`` of the trainer's running server into every running seat's workshop folder.
 
         Nobody's work is overwritten: a participant whose copy differs gets the new one beside it, named
-        ``<name> (updated HH-MM).ipynb``. Returns the participants by outcome.
+        ``<name> (updated HH-MM).ipynb``. The copy is never trusted in the participant's server. Returns the
+        participants by outcome (``failed``: their server did not take it; the others still got it).
         """
         _ = gettext_for(self.lang)
         pure = PurePosixPath(path)
@@ -373,42 +431,66 @@ class WorkshopMixin:
         trainer = self.find_user(workshop.trainer)
         if trainer is None or not trainer.spawner.ready:
             raise WorkshopError("path", _("Start your own server first: the notebook is taken from it."))
-        source = await self.contents(trainer, path)
+        try:
+            source = await self.contents(trainer, path)
+        except HTTPClientError:  # the server cannot read it (not JSON, not a notebook)
+            raise WorkshopError("path", _("This file cannot be read as a notebook.")) from None
         if source is None or source.get("type") != "notebook":
             raise WorkshopError("path", _("There is no notebook {path} in your home folder.").format(path=path))
-        outcome: dict[str, list[str]] = {"copied": [], "beside": [], "not_running": []}
+        content = untrusted(source.get("content"))
+        if content is None:
+            raise WorkshopError("path", _("This file cannot be read as a notebook."))
+        outcome: dict[str, list[str]] = {"copied": [], "beside": [], "not_running": [], "failed": []}
         stamp = datetime.now().strftime("%H-%M")
         for participant in workshop.participants.values():
             user = self.find_user(participant.name)
             if participant.waiting or user is None or not user.spawner.ready:
                 outcome["not_running"].append(participant.name)
                 continue
-            target = f"{workshop.folder}/{pure.name}"
-            if await self.contents(user, workshop.folder) is None:
-                await self.contents(user, workshop.folder, {"type": "directory"})
-            theirs = await self.contents(user, target)
-            if theirs is not None and theirs.get("content") != source["content"]:
-                target, kind = f"{workshop.folder}/{pure.stem} (updated {stamp}){pure.suffix}", "beside"
-            else:
-                kind = "copied"
-            await self.contents(user, target, {"type": "notebook", "format": "json",
-                                                      "content": source["content"]})
+            if not workshop.reaches(participant):
+                outcome["failed"].append(participant.name)
+                continue
+            try:
+                kind = await asyncio.wait_for(self.push_seat(workshop, user, pure, content, stamp), SEAT_TIMEOUT)
+            except (HTTPClientError, OSError, ValueError, TimeoutError) as exc:
+                self.log.warning("Push of %s to %s (workshop %s) failed: %s", path, participant.name, workshop.id,
+                                 exc)
+                kind = "failed"
             outcome[kind].append(participant.name)
         self.log.info("%s pushed %s to workshop %s: %s", self.current_user.name, path, workshop.id,
                       {k: len(v) for k, v in outcome.items()})
         return outcome
 
+    async def push_seat(self, workshop: Workshop, user: Any, pure: PurePosixPath, content: dict[str, Any],
+                        stamp: str) -> str:
+        """Put ``content`` into ``user``'s workshop folder as ``pure.name``, or beside their changed copy."""
+        target = f"{workshop.folder}/{pure.name}"
+        if await self.contents(user, workshop.folder) is None:
+            await self.contents(user, workshop.folder, {"type": "directory"})
+        try:
+            theirs = await self.contents(user, target)
+        except HTTPClientError:  # their file of that name cannot be read: it is theirs, left alone
+            theirs = {}
+        if theirs is not None and untrusted(theirs.get("content")) != content:
+            target, kind = f"{workshop.folder}/{pure.stem} (updated {stamp}){pure.suffix}", "beside"
+        else:
+            kind = "copied"
+        await self.contents(user, target, {"type": "notebook", "format": "json", "content": content})
+        return kind
+
     async def collect(self, workshop: Workshop) -> dict[str, list[str]]:
         """Copy the notebooks of every running seat's workshop folder into the trainer's running server.
 
         They land in ``collected-<folder>/<account>/`` of the trainer's home (again later: the same files,
-        newer). Returns the participants by outcome.
+        newer), never trusted there. A file that is not a readable notebook, has an odd name or is too big is
+        skipped (``skipped``: ``account/name``), and a folder that cannot be read is reported (``failed``):
+        everyone else is still collected. Returns the participants by outcome.
         """
         _ = gettext_for(self.lang)
         trainer = self.find_user(workshop.trainer)
         if trainer is None or not trainer.spawner.ready:
             raise WorkshopError("path", _("Start your own server first: the notebooks are put into it."))
-        outcome: dict[str, list[str]] = {"collected": [], "not_running": []}
+        outcome: dict[str, list[str]] = {"collected": [], "not_running": [], "skipped": [], "failed": []}
         base = f"collected-{workshop.folder}"
         if await self.contents(trainer, base) is None:
             await self.contents(trainer, base, {"type": "directory"})
@@ -417,20 +499,50 @@ class WorkshopMixin:
             if participant.waiting or user is None or not user.spawner.ready:
                 outcome["not_running"].append(participant.name)
                 continue
-            listing = await self.contents(user, workshop.folder)
-            notebooks = [item["path"] for item in (listing or {}).get("content") or []
-                         if item.get("type") == "notebook"]
-            target = f"{base}/{participant.name}"
-            if await self.contents(trainer, target) is None:
-                await self.contents(trainer, target, {"type": "directory"})
-            for path in notebooks:
-                model = await self.contents(user, path)
-                await self.contents(trainer, f"{target}/{PurePosixPath(path).name}",
-                                    {"type": "notebook", "format": "json", "content": model["content"]})
+            if not workshop.reaches(participant):
+                outcome["failed"].append(participant.name)
+                continue
+            try:
+                skipped = await asyncio.wait_for(
+                    self.collect_seat(workshop, user, trainer, f"{base}/{participant.name}"), SEAT_TIMEOUT)
+            except (HTTPClientError, OSError, ValueError, TimeoutError) as exc:
+                self.log.warning("Collecting from %s (workshop %s) failed: %s", participant.name, workshop.id, exc)
+                outcome["failed"].append(participant.name)
+                continue
             outcome["collected"].append(participant.name)
+            outcome["skipped"] += [f"{participant.name}/{name}" for name in skipped]
         self.log.info("%s collected the notebooks of workshop %s: %s", self.current_user.name, workshop.id,
                       {k: len(v) for k, v in outcome.items()})
         return outcome
+
+    async def collect_seat(self, workshop: Workshop, user: Any, trainer: Any, target: str) -> list[str]:
+        """Copy ``user``'s notebooks into the trainer's ``target`` folder; the names of those skipped (printable)."""
+        listing = await self.contents(user, workshop.folder)
+        items = (listing or {}).get("content") if isinstance(listing, dict) else None
+        notebooks = [item for item in items if isinstance(item, dict) and item.get("type") == "notebook"] \
+            if isinstance(items, list) else []
+        if await self.contents(trainer, target) is None:
+            await self.contents(trainer, target, {"type": "directory"})
+        skipped = []
+        for item in notebooks[:COPY_NOTEBOOKS_MAX]:
+            name = item.get("name")
+            size = item.get("size")
+            small = size is None or (isinstance(size, int) and size <= COPY_MAX_BYTES)
+            if not (notebook_name_ok(name) and item.get("path") == f"{workshop.folder}/{name}" and small):
+                skipped.append(printable(name))
+                continue
+            try:
+                model = await self.contents(user, f"{workshop.folder}/{name}")
+                content = untrusted(model.get("content")) if isinstance(model, dict) else None
+                if content is None:
+                    raise ValueError("not a notebook")
+                await self.contents(trainer, f"{target}/{name}", {"type": "notebook", "format": "json",
+                                                                  "content": content})
+            except (HTTPClientError, ValueError) as exc:
+                self.log.info("Skipped %s of %s (workshop %s): %s", printable(name), user.name, workshop.id, exc)
+                skipped.append(printable(name))
+        skipped += [printable(item.get("name")) for item in notebooks[COPY_NOTEBOOKS_MAX:]]
+        return skipped
 
     async def stop_seat(self, user: Any, spawner: Any) -> None:
         """Stop a participant's server, also one that is still starting (its start is interrupted first)."""
@@ -444,7 +556,10 @@ class WorkshopMixin:
             await self.stop_single_user(user, spawner.name)
 
     async def tend(self, now: datetime) -> list[str]:
-        """Disable the temporary accounts of workshops closed longer than the grace; return the workshop ids."""
+        """Close the workshops whose grace is over (see :meth:`close_rights`); return their ids.
+
+        A workshop whose rights could not all be taken away stays as it is and is tried again next time.
+        """
         grace = timedelta(days=settings(self.site).grace_days)
         due = [w for w in self.store.all() if w.warm_due(now)]
         await asyncio.gather(*(self.warm_up(w) for w in due))
@@ -452,14 +567,12 @@ class WorkshopMixin:
         for workshop in self.store.all():
             if workshop.expired or not workshop.finished(now) or workshop.closes_at() + grace > now:
                 continue
-            still_in = {name for other in self.store.all() if other is not workshop and not other.expired
-                        for name in other.participants}
-            for participant in workshop.participants.values():
-                user = self.find_user(participant.name)
-                if participant.temporary and user is not None:
-                    await self.disable_user(user)
-                elif user is not None:  # an own account: no more workshop profiles on their spawn page
-                    self.leave_groups(user, [workshop.group] + ([] if participant.name in still_in else ["workshop"]))
+            try:
+                await self.close_rights(workshop)
+            except SlurmError as exc:
+                self.log.error("The rights of workshop %s could not all be taken away (tried again later): %s",
+                               workshop.id, exc.stderr)
+                continue
             if orm.Role.find(self.db, workshop.trainer_role) is not None:
                 roles.delete_role(self.db, workshop.trainer_role)
             workshop.expired = True
@@ -469,6 +582,28 @@ class WorkshopMixin:
             done.append(workshop.id)
             self.log.info("The temporary accounts of workshop %s are disabled (grace period over)", workshop.id)
         return done
+
+    async def close_rights(self, workshop: Workshop) -> None:
+        """Take away what ``workshop`` gave; :class:`SlurmError` when the root helper could not.
+
+        A temporary account loses its hub user, its jobs and its Slurm association, and its Unix account is
+        locked (its files stay). An own account leaves the workshop's groups and, unless another workshop
+        still running has it, the workshop's Slurm account (its jobs under it are cancelled).
+        """
+        organisation = settings(self.site).organisation
+        still_in = {name for other in self.store.all() if other is not workshop and not other.expired
+                    for name in other.participants}
+        for participant in workshop.participants.values():
+            user = self.find_user(participant.name)
+            if participant.temporary:
+                if user is not None:
+                    await self.disable_user(user)
+                await run_argv([SUDO, "-n", REVOKE_HELPER, "temporary", participant.name], timeout=300)
+                continue
+            if user is not None:  # no more workshop profiles on their spawn page
+                self.leave_groups(user, [workshop.group] + ([] if participant.name in still_in else ["workshop"]))
+            if participant.name not in still_in:
+                await run_argv([SUDO, "-n", REVOKE_HELPER, "member", participant.name, organisation], timeout=300)
 
     def leave_groups(self, user: Any, names: list[str]) -> None:
         """Take ``user`` out of the hub groups ``names`` (those they are in)."""
@@ -671,7 +806,7 @@ class SeatNotebookPage(WorkshopMixin, BaseHandler):
         """Read the notebook as the participant and show its cells as text and images."""
         workshop = self.own_workshop(workshop_id)
         participant = workshop.participants.get(account)
-        if workshop.expired or participant is None or participant.waiting:
+        if workshop.expired or participant is None or participant.waiting or not workshop.reaches(participant):
             raise web.HTTPError(404)
         _ = gettext_for(self.lang)
         path = self.get_query_argument("path", "")
@@ -740,16 +875,74 @@ class MyWorkZip(WorkshopMixin, BaseHandler):
         self.finish()
 
 
-def _too_many_failures(address: str) -> bool:
-    now = time.monotonic()
-    recent = _failures.setdefault(address, deque())
-    while recent and now - recent[0] > JOIN_WINDOW:
-        recent.popleft()
-    return len(recent) >= JOIN_FAILURES_ALLOWED
+def client_address(request: HTTPServerRequest) -> str:
+    """Who sent ``request``: the peer of its connection, or, when that is the proxy, the address it appended.
+
+    The hub's server reads ``X-Real-IP`` and ``X-Forwarded-For`` into ``remote_ip`` (``xheaders``), and
+    both can be written by the client; only the last ``X-Forwarded-For`` entry comes from the proxy.
+    """
+    address = getattr(request.connection.context, "address", None) if request.connection else None
+    peer = _plain_ip(address[0]) if isinstance(address, tuple) and address else ""
+    if peer in TRUSTED_PROXIES:
+        appended = _plain_ip(request.headers.get("X-Forwarded-For", "").split(",")[-1])
+        return appended or peer
+    return peer or "unknown"
 
 
-def _count_failure(address: str) -> None:
-    _failures.setdefault(address, deque()).append(time.monotonic())
+def _plain_ip(text: Any) -> str:
+    """``text`` as an IP address (IPv4 in IPv6 as IPv4), or "" when it is none."""
+    try:
+        ip = ipaddress.ip_address(str(text).strip())
+    except ValueError:
+        return ""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
+
+
+class JoinLimiter:
+    """Wrong join codes counted per address and overall, in a sliding window (bounded memory).
+
+    An address past :data:`JOIN_FAILURES_ALLOWED` wrong codes is told "too many" for its wrong codes, yet a
+    correct code still joins (someone else behind the same address typed wrong ones). Past
+    :data:`JOIN_FAILURES_OVERALL` wrong codes from everyone, the codes of addresses that tried a wrong one are
+    not checked at all, so that spreading guesses over many addresses does not help.
+    """
+
+    def __init__(self, allowed: int = JOIN_FAILURES_ALLOWED, overall: int = JOIN_FAILURES_OVERALL,
+                 window: float = JOIN_WINDOW, addresses: int = JOIN_ADDRESSES_MAX) -> None:
+        self.allowed, self.window, self.addresses = allowed, window, addresses
+        self._by_address: OrderedDict[str, deque[float]] = OrderedDict()
+        self._all: deque[float] = deque(maxlen=overall)
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        times = self._by_address.get(address, deque())
+        while times and now - times[0] > self.window:
+            times.popleft()
+        return times
+
+    def heard(self, address: str, now: float) -> bool:
+        """Whether a code from ``address`` is checked at all now."""
+        overall_full = len(self._all) == self._all.maxlen and now - self._all[0] <= self.window
+        return not (overall_full and self._recent(address, now))
+
+    def limited(self, address: str, now: float) -> bool:
+        """``address`` tried too many wrong codes lately."""
+        return len(self._recent(address, now)) >= self.allowed
+
+    def failed(self, address: str, now: float) -> None:
+        """Count a wrong code from ``address`` (the address least recently wrong is forgotten when full)."""
+        times = self._recent(address, now)
+        times.append(now)
+        while len(times) > self.allowed:
+            times.popleft()
+        self._by_address[address] = times
+        self._by_address.move_to_end(address)
+        while len(self._by_address) > self.addresses:
+            self._by_address.popitem(last=False)
+        self._all.append(now)
+
+
+_join_limiter = JoinLimiter()
 
 
 class JoinPage(WorkshopMixin, BaseHandler):
@@ -769,15 +962,21 @@ class JoinPage(WorkshopMixin, BaseHandler):
         _ = gettext_for(self.lang)
         code = self.get_body_argument("code", "", strip=True)
         display_name = self.get_body_argument("display_name", "", strip=True)
-        address = self.request.remote_ip or ""
-        if _too_many_failures(address):
+        address, now = client_address(self.request), time.monotonic()
+        too_many = _("Too many attempts with a wrong code. Please wait a minute, then check the code with your "
+                     "trainer.")
+        if not _join_limiter.heard(address, now):
             self.set_status(429)
-            self.finish(await self.form(code, display_name, _(
-                "Too many attempts with a wrong code. Please wait a minute, then check the code with your trainer.")))
+            self.finish(await self.form(code, display_name, too_many))
             return
         workshop = self.store.by_code(code) if code else None
         if workshop is None or workshop.finished(datetime.now()):
-            _count_failure(address)
+            _join_limiter.failed(address, now)
+            if _join_limiter.limited(address, now):
+                self.log.warning("Wrong workshop codes from %s: answered with 429", address)
+                self.set_status(429)
+                self.finish(await self.form(code, display_name, too_many))
+                return
             self.set_status(400)
             message = _("This code does not belong to a workshop that is open now. Please check it with your "
                         "trainer.")

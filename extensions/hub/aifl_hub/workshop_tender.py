@@ -1,8 +1,9 @@
 """The workshop tender: a hub service that asks the hub, every minute, to close what a workshop left behind.
 
 Run by the hub as a managed service (``python -m aifl_hub.workshop_tender``) with one scope,
-``custom:workshops:tend``: it calls ``POST /hub/api/workshops/tend``, which disables the temporary
-accounts of workshops whose grace period is over. It holds no other rights and touches nothing itself.
+``custom:workshops:tend``: it calls ``POST /hub/api/workshops/tend``, which takes away what workshops
+whose grace period is over gave (temporary accounts locked, their jobs and Slurm associations gone; members
+out of the workshop's Slurm account). It holds no other rights and touches nothing itself.
 """
 
 from __future__ import annotations

@@ -203,6 +203,15 @@ class Workshop(NewWorkshop):
             n += 1
         return f"ws-{self.id}-{n:02d}"
 
+    def reaches(self, participant: Participant) -> bool:
+        """Whether the trainer may read and write ``participant``'s workshop folder.
+
+        Yes for a temporary account (its home was made for the workshop) and for any account when the folder
+        carries the workshop's id. A workshop stored before folders carried it has a folder named after its
+        title only, which may be a member's own folder: never reached in an own account.
+        """
+        return participant.temporary or self.folder.endswith(f"-{self.id}")
+
     def closes_at(self) -> datetime:
         """When the workshop stopped or stops: ended by the trainer, else the end of the window."""
         return self.ended_at or self.ends_at
@@ -234,11 +243,17 @@ def normalise_code(code: str) -> str:
     return re.sub(r"[\s-]+", "", code or "").upper()[:32]
 
 
-def folder_name(title: str) -> str:
-    """A home-folder name from a workshop title ("Intro to AI!" → "intro-to-ai")."""
+def folder_name(title: str, workshop_id: str) -> str:
+    """The workshop's home-folder name: its title made plain, and its id ("Intro to AI!" → "intro-to-ai-abc123").
+
+    The id makes it a folder of this workshop only: never one of a member's own folders that happens to
+    carry the title's name (which its trainer could otherwise read).
+    """
+    if not ID_PATTERN.fullmatch(workshop_id):
+        raise ValueError(f"not a workshop id: {workshop_id!r}")
     plain = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "-", plain.lower()).strip("-")[:40].strip("-")
-    return slug or "workshop"
+    return f"{slug or 'workshop'}-{workshop_id}"
 
 
 # ---------------------------------------------------------------- the store
