@@ -2,28 +2,173 @@
 
 Both create the approved user's Unix account and Slurm association (embedded default) through
 the ``aifl-mkuser`` helper, run with ``sudo`` as an argv list.
+
+Sign-up refuses, with a message saying why, the names of the hub's administrators (only the ``lab``
+service or an administrator may sign them up: nobody can take ``admin`` before ``lab up`` does), the
+names of workshops' temporary accounts (``ws-…``), names used before (a Unix account of the lab's
+group, a hub user, or a name the hub once gave an account: a newcomer never inherits a former user's
+home) and system accounts. Failed logins are counted per (name, address) and per address, in a bounded
+table (:class:`LoginThrottle`); the address is the one the trusted proxy saw (:func:`client_address`),
+never a header the client chose.
 """
 
 from __future__ import annotations
 
+import grp
 import inspect
+import math
+import os
+import pwd
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable
 from functools import cached_property
+from pathlib import Path
+from typing import Any
 
+from jupyterhub import orm, scopes
 from jupyterhub.auth import Authenticator
 from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator.handlers import DiscardHandler, SignUpHandler, ToggleAuthorizationHandler
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from nativeauthenticator.orm import UserInfo
 from oauthenticator.generic import GenericOAuthenticator
-from tornado import web
-from traitlets import Bool, List, Unicode
+from tornado import httputil, web
+from traitlets import Bool, Integer, List, Unicode
 
 from . import membership
+from .i18n import N_, gettext_for
 from .organisations import GROUP_PREFIX, organisation
+from .pages import request_language
 from .site import Site, load_site
 from .slurm import SlurmError, run_argv
 
 USERNAME_PATTERN = r"^[a-z][a-z0-9_-]{0,30}$"
+TEMPORARY_PREFIX = "ws-"  # workshops' temporary accounts (workshops.Workshop.temporary_name)
+USED_NAMES_FILE = "used-names"  # in the hub's state folder: every name the hub gave an account, one a line
+
+ADMIN_NAME = N_("The name {name} is reserved for the lab's administrators; choose another name.")
+WORKSHOP_NAME = N_("Names beginning with ws- are reserved for the temporary accounts of workshops; "
+                   "choose another name.")
+USED_NAME = N_("The name {name} was used before in this lab; choose another name.")
+SYSTEM_NAME = N_("The name {name} belongs to a system account of this computer; choose another name.")
+TOO_MANY_FAILURES = N_("Too many failed logins. Try again in {seconds} seconds.")
+
+
+def signup_refusal(raw: str, name: str, *, admin_names: Collection[str], may_name_admins: bool,
+                   used_before: Callable[[str], bool], system_account: Callable[[str], bool]) -> str | None:
+    """Why ``raw`` (``name`` once normalised) may not be signed up (an English message with ``{name}``), or None.
+
+    An administrator's name is compared without case or surrounding spaces; only a caller that may
+    name administrators (``may_name_admins``) signs one up, whatever else is known of the name.
+    """
+    admins = {a.strip().casefold() for a in admin_names}
+    if raw.strip().casefold() in admins or name.strip().casefold() in admins:
+        return None if may_name_admins else ADMIN_NAME
+    if name.startswith(TEMPORARY_PREFIX) or raw.strip().casefold().startswith(TEMPORARY_PREFIX):
+        return WORKSHOP_NAME
+    if used_before(name):
+        return USED_NAME
+    if system_account(name):
+        return SYSTEM_NAME
+    return None
+
+
+def unix_account(name: str) -> pwd.struct_passwd | None:
+    """The Unix account called ``name``, or None."""
+    try:
+        return pwd.getpwnam(name)
+    except (KeyError, ValueError):
+        return None
+
+
+def in_group(entry: pwd.struct_passwd, group: str) -> bool:
+    """Whether the account is in the Unix group ``group`` (as a member or by its primary group)."""
+    try:
+        found = grp.getgrnam(group)
+    except KeyError:
+        return False
+    return entry.pw_name in found.gr_mem or entry.pw_gid == found.gr_gid
+
+
+def used_names(state_dir: str | Path) -> set[str]:
+    """The names the hub gave accounts to (its record in the state folder)."""
+    try:
+        return set((Path(state_dir) / USED_NAMES_FILE).read_text().split())
+    except OSError:
+        return set()
+
+
+def remember_name(state_dir: str | Path, name: str) -> None:
+    """Add ``name`` to the hub's record of names given out (kept when the user is deleted)."""
+    if name in used_names(state_dir):
+        return
+    descriptor = os.open(Path(state_dir) / USED_NAMES_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(descriptor, "a") as out:
+        out.write(f"{name}\n")
+
+
+def client_address(request: httputil.HTTPServerRequest, trusted_proxies: Iterable[str]) -> str:
+    """The address of the client: the last ``X-Forwarded-For`` entry when the peer is a trusted proxy, else the peer.
+
+    The trusted proxy (configurable-http-proxy) appends the peer it saw to ``X-Forwarded-For``; entries
+    before it and ``X-Real-IP`` come from the client and are never believed.
+    """
+    address = getattr(getattr(request.connection, "context", None), "address", None)
+    peer = address[0] if isinstance(address, tuple) and address else ""
+    forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",") if part.strip()]
+    if forwarded and (peer in set(trusted_proxies) or not peer):  # no peer address: a local (Unix) socket
+        return forwarded[-1]
+    return peer or "local"
+
+
+class LoginThrottle:
+    """Failed logins per (name, address) and per address; a bounded table whose entries expire.
+
+    After ``per_pair`` failures for a name from one address, that name waits ``seconds`` from that
+    address (from elsewhere it can still log in: failing someone's password does not lock them out);
+    after ``per_address`` failures from one address for any names, that address waits. A wait starts at
+    the last failure; a refused try is not counted. The oldest entries go when the table is full.
+    """
+
+    def __init__(self, per_pair: int, per_address: int, seconds: float, max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = {"pair": per_pair, "address": per_address}
+        self.seconds, self.max_entries, self.clock = seconds, max_entries, clock
+        self.failures: OrderedDict[tuple[str, ...], tuple[int, float]] = OrderedDict()
+
+    def _keys(self, name: str, address: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("pair", name, address), ("address", address)
+
+    def _current(self, key: tuple[str, ...], now: float) -> tuple[int, float] | None:
+        entry = self.failures.get(key)
+        if entry is not None and now - entry[1] >= self.seconds:
+            del self.failures[key]
+            return None
+        return entry
+
+    def wait(self, name: str, address: str) -> int:
+        """Seconds until ``name`` may try again from ``address`` (0: now)."""
+        now, waits = self.clock(), [0.0]
+        for key in self._keys(name, address):
+            entry = self._current(key, now)
+            if entry is not None and self.limits[key[0]] and entry[0] >= self.limits[key[0]]:
+                waits.append(entry[1] + self.seconds - now)
+        return math.ceil(max(waits))
+
+    def failed(self, name: str, address: str) -> None:
+        """Count a failed login."""
+        now = self.clock()
+        for key in self._keys(name, address):
+            entry = self._current(key, now)
+            self.failures[key] = ((entry[0] if entry else 0) + 1, now)
+            self.failures.move_to_end(key)
+        while len(self.failures) > self.max_entries:
+            self.failures.popitem(last=False)
+
+    def succeeded(self, name: str, address: str) -> None:
+        """Forget the failures of ``name`` from ``address`` (the address's own count stays)."""
+        self.failures.pop(("pair", name, address), None)
 
 
 class LocalAccountsMixin(Authenticator):
@@ -46,6 +191,9 @@ class LocalAccountsMixin(Authenticator):
             except SlurmError as exc:
                 self.log.error("Could not create the account of %s: %s", user.name, exc.stderr)
                 raise
+        site = getattr(self, "site", None)
+        if site is not None:
+            remember_name(site["hub"]["state_dir"], user.name)  # the name stays taken after a deletion
         result = super().add_user(user)
         if inspect.isawaitable(result):
             await result
@@ -78,21 +226,47 @@ class _NoStatsd:
 
 
 class LabLoginHandler(NativeLoginHandler):
-    """NativeAuthenticator's login page, working on JupyterHub 6."""
+    """NativeAuthenticator's login page, working on JupyterHub 6; a throttled try says when to try again."""
 
     statsd = _NoStatsd()
+    aifl_wait = 0  # seconds, set by the authenticator when it refused to check the password
+
+    def _render(self, login_error: str | None = None, username: str | None = None) -> Any:
+        if self.aifl_wait:
+            self.set_status(429)
+            login_error = gettext_for(request_language(self))(TOO_MANY_FAILURES).format(seconds=self.aifl_wait)
+        return super()._render(login_error=login_error, username=username)
 
 
 class LabSignUpHandler(SignUpHandler):
     """NativeAuthenticator's sign-up, which also asks for the person's organisation (an admin confirms it)."""
 
+    def _may_name_admins(self) -> bool:
+        """Whether the request comes from the ``lab`` service's token or an administrator (they sign up admins)."""
+        token = self.get_token()
+        if token is not None and "admin:users" in scopes.get_scopes_for(token):
+            return True
+        return bool(getattr(self.current_user, "admin", False))
+
     async def post(self) -> None:
-        """Keep the organisation asked for (a new sign-up only), then sign up as NativeAuthenticator does."""
+        """Refuse reserved names, keep the organisation asked for, then sign up as NativeAuthenticator does."""
         site = self.authenticator.site
         org = self.get_body_argument("organisation", "", strip=True)
         if org and (site is None or organisation(site, org) is None):
             raise web.HTTPError(400, "Unknown organisation")
-        name = self.authenticator.normalize_username(self.get_body_argument("username", "", strip=False))
+        raw = self.get_body_argument("username", "", strip=False)
+        name = self.authenticator.normalize_username(raw)
+        refusal = self.authenticator.signup_refusal(raw, name, self.db, self._may_name_admins())
+        if refusal:
+            self.log.warning("Sign-up as %r refused: %s", name, refusal.format(name=name))
+            self.set_status(400)
+            html = await self.render_template(
+                "signup.html", ask_email=self.authenticator.ask_email_on_signup, alert="alert-danger",
+                result_message=gettext_for(request_language(self))(refusal).format(name=name),
+                two_factor_auth=self.authenticator.allow_2fa, recaptcha_key=self.authenticator.recaptcha_key,
+                tos=self.authenticator.tos)
+            self.finish(html)
+            return
         if org and UserInfo.find(self.db, name) is None and self.authenticator.validate_username(name):
             membership.request(site, name, org)
         await super().post()
@@ -144,6 +318,56 @@ class LabNativeAuthenticator(SiteMixin, LocalAccountsMixin, NativeAuthenticator)
     """People sign up (with their organisation); an admin approves them; approved users get their accounts."""
 
     username_pattern = Unicode(USERNAME_PATTERN).tag(config=True)
+
+    address_failed_logins = Integer(
+        20, help="Failed logins from one address (for any names) before that address waits seconds_before_next_try.",
+    ).tag(config=True)
+
+    trusted_proxy_ips = List(
+        Unicode(), ["127.0.0.1", "::1", "::ffff:127.0.0.1"],
+        help="Peers whose last X-Forwarded-For entry is the client's address (the lab's own proxy).",
+    ).tag(config=True)
+
+    @cached_property
+    def throttle(self) -> LoginThrottle:
+        """The failed-login table (NativeAuthenticator's own counts per name only, without bound)."""
+        return LoginThrottle(self.allowed_failed_logins, self.address_failed_logins, self.seconds_before_next_try)
+
+    def signup_refusal(self, raw: str, name: str, db: Any, may_name_admins: bool) -> str | None:
+        """Why ``name`` (typed as ``raw``) may not be signed up, or None (see :func:`signup_refusal`)."""
+        site = self.site
+        group = site["users"]["group"] if site else None
+
+        def used_before(candidate: str) -> bool:
+            if orm.User.find(db, candidate) is not None or (site and candidate in used_names(site["hub"]["state_dir"])):
+                return True
+            entry = unix_account(candidate) if self.create_local_accounts else None
+            return entry is not None and group is not None and in_group(entry, group)
+
+        def system_account(candidate: str) -> bool:
+            return self.create_local_accounts and unix_account(candidate) is not None
+
+        return signup_refusal(raw, name, admin_names=self.admin_users, may_name_admins=may_name_admins,
+                              used_before=used_before, system_account=system_account)
+
+    async def authenticate(self, handler: Any, data: dict[str, str]) -> str | None:
+        """NativeAuthenticator's check of the password, throttled per (name, address) and per address."""
+        name = self.normalize_username(data.get("username", ""))
+        address = client_address(handler.request, self.trusted_proxy_ips) if handler is not None else "local"
+        wait = self.throttle.wait(name, address) if self.allowed_failed_logins else 0
+        if wait:
+            self.log.warning("Login of %r from %s refused for %d s: too many failed logins", name, address, wait)
+            if handler is not None:
+                handler.aifl_wait = wait
+            return None
+        info = self.get_user(name)
+        ok = (info is not None and info.is_authorized and info.is_valid_password(data.get("password", ""))
+              and (not info.has_2fa or info.is_valid_token(data.get("2fa"))))
+        if ok:
+            self.throttle.succeeded(name, address)
+            return name
+        self.throttle.failed(name, address)
+        return None
 
     def get_handlers(self, app) -> list[tuple]:  # noqa: ANN001 - the JupyterHub application
         """NativeAuthenticator's pages: login working on JupyterHub 6, approvals only by POST."""

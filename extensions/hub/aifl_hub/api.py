@@ -8,6 +8,9 @@
   allowlist *before* anything is stored or started, so bad input gets a clear 400 and changes nothing.
 * ``DELETE /hub/api/users/{name}``: a start still waiting in the queue is cancelled first (its Slurm
   job too); JupyterHub alone would refuse to delete the user, or leave the job behind.
+* ``DELETE /hub/api/groups/org-<name>[/users]``: people who leave an organisation's group (the admin
+  page uses these routes) lose their Slurm association with its account first
+  (:func:`aifl_hub.membership.leave`); when that fails the group stays as it was and the answer says why.
 
 :func:`install_handlers` swaps them into JupyterHub's API route list; call it from the hub config.
 """
@@ -16,12 +19,16 @@ from __future__ import annotations
 
 import json
 
-from jupyterhub import apihandlers
+from jupyterhub import apihandlers, orm
 from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.apihandlers.groups import GroupAPIHandler, GroupUsersAPIHandler
 from jupyterhub.apihandlers.users import UserAPIHandler, UserServerAPIHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
 
+from . import membership
+from .organisations import GROUP_PREFIX, organisation
+from .slurm import SlurmError
 from .spawnpage import cancel_pending_start
 
 PORT_ROUTE = r"/api/batchspawner"
@@ -94,6 +101,47 @@ class LabUserAPIHandler(UserAPIHandler):
         await super().delete(user_name)
 
 
+async def leave_organisation(handler: APIHandler, group_name: str, names: object) -> None:
+    """The members among ``names`` leave the organisation of hub group ``group_name`` (if it is one) in Slurm."""
+    site = getattr(handler.authenticator, "site", None)
+    org = group_name.removeprefix(GROUP_PREFIX) if group_name.startswith(GROUP_PREFIX) else ""
+    group = orm.Group.find(handler.db, group_name)
+    if site is None or not org or organisation(site, org) is None or group is None or not isinstance(names, list):
+        return
+    members = {user.name for user in group.users}
+    for name in names:
+        if name not in members:
+            continue
+        try:
+            await membership.leave(site, name, org)
+        except SlurmError as exc:
+            handler.log.error("%s could not leave %s in Slurm: %s", name, org, exc.stderr)
+            raise web.HTTPError(500, f"{name} could not leave {org} in Slurm; nothing was changed") from exc
+        handler.log.info("%s removed %s from %s (also in Slurm)", handler.current_user.name, name, org)
+
+
+class LabGroupUsersAPIHandler(GroupUsersAPIHandler):
+    """Removing people from an organisation's group removes their Slurm association with its account too."""
+
+    @needs_scope("groups")
+    async def delete(self, group_name: str) -> None:
+        """Revoke in Slurm, then remove from the group as JupyterHub does."""
+        data = self.get_json_body()
+        await leave_organisation(self, group_name, data.get("users") if isinstance(data, dict) else None)
+        await super().delete(group_name)
+
+
+class LabGroupAPIHandler(GroupAPIHandler):
+    """Deleting an organisation's group removes its members' Slurm associations with its account too."""
+
+    @needs_scope("delete:groups")
+    async def delete(self, group_name: str) -> None:
+        """Revoke every member in Slurm, then delete the group as JupyterHub does."""
+        group = orm.Group.find(self.db, group_name)
+        await leave_organisation(self, group_name, [user.name for user in group.users] if group else None)
+        super().delete(group_name)
+
+
 def install_handlers() -> None:
     """Replace batchspawner's port route and the server-start routes in JupyterHub's API."""
     routes = apihandlers.default_handlers
@@ -104,3 +152,7 @@ def install_handlers() -> None:
             routes[i] = (route[0], CheckedUserServerAPIHandler, *route[2:])
         elif route[1] is UserAPIHandler:
             routes[i] = (route[0], LabUserAPIHandler, *route[2:])
+        elif route[1] is GroupUsersAPIHandler:
+            routes[i] = (route[0], LabGroupUsersAPIHandler, *route[2:])
+        elif route[1] is GroupAPIHandler:
+            routes[i] = (route[0], LabGroupAPIHandler, *route[2:])

@@ -48,6 +48,7 @@ PROXY_VERSION = "5.3.0"
 MKUSER = Path("/usr/local/sbin/aifl-mkuser")
 RESERVATION_HELPER = Path("/usr/local/sbin/aifl-reservation")
 WORK_HELPER = Path("/usr/local/sbin/aifl-work")
+ORG_REVOKE_HELPER = Path("/usr/local/sbin/aifl-org-revoke")
 REVOKE_HELPER = Path("/usr/local/sbin/aifl-revoke")
 SUDOERS = Path("/etc/sudoers.d/aifl-hub")
 CREDENTIALS = ETC / "admin-credentials"
@@ -271,6 +272,8 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
     write_file(RESERVATION_HELPER, (Path(__file__).parent / "workshop_reservation.py").read_text(), mode=0o755)
     # ... and read a participant's workshop folder as that participant (a notebook for the trainer, the zip).
     write_file(WORK_HELPER, (Path(__file__).parent / "workshop_work.py").read_text(), mode=0o755)
+    # Someone who leaves an organisation loses their Slurm association with its account.
+    write_file(ORG_REVOKE_HELPER, (Path(__file__).parent / "org_revoke.py").read_text(), mode=0o755)
     # ... and take a closed workshop's rights away (jobs, Slurm associations, temporary Unix accounts locked).
     write_file(REVOKE_HELPER, (Path(__file__).parent / "workshop_revoke.py").read_text(), mode=0o755)
     rules = (
@@ -284,6 +287,7 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
         f"{hub_user} ALL=(%{group}) NOPASSWD: {slurm_bin}/scontrol ^release [0-9]{{1,12}}$\n"
         f"{hub_user} ALL=(root) NOPASSWD: {MKUSER}, {RESERVATION_HELPER}, {REVOKE_HELPER}\n"
         f"{hub_user} ALL=(%{group}) NOPASSWD: {WORK_HELPER}\n"
+        f"{hub_user} ALL=(root) NOPASSWD: {ORG_REVOKE_HELPER}\n"
     )
     candidate = SUDOERS.with_name("aifl-hub.check")
     candidate.write_text(rules)
@@ -393,12 +397,14 @@ def ensure_admin(site: Site, progress: Progress) -> None:
     password = secrets.token_urlsafe(15)
     base = f"http://{site['hub']['ip']}:{site['hub']['port']}/hub"
     write_file(CREDENTIALS, f"user: {name}\npassword: {password}\n", mode=0o600)
+    # Only the lab's own service token (or an admin) may sign up an admin's name.
+    service = {"Authorization": f"token {(Path(site['hub']['state_dir']) / 'lab-service-token').read_text().strip()}"}
     with requests.Session() as http:
         http.get(f"{base}/signup", timeout=10)
         xsrf = http.cookies.get("_xsrf", "")
         reply = http.post(f"{base}/signup", data={"username": name, "signup_password": password,
                                                   "signup_password_confirmation": password, "_xsrf": xsrf},
-                          timeout=30)
+                          headers=service, timeout=30)
         login = http.post(f"{base}/login", data={"username": name, "password": password, "_xsrf": xsrf},
                           timeout=30, allow_redirects=False)
     if reply.status_code >= 400 or login.status_code not in (302, 303):

@@ -7,6 +7,10 @@ approving the sign-up, or on the organisation requests page (:mod:`aifl_hub.memb
 confirmed request becomes membership of the hub group ``org-<name>`` — the one fact the spawner reads
 (:func:`aifl_hub.organisations.organisation_of`) — and is remembered in ``organisation-members.json``,
 so that an OIDC login, which sets a user's groups from the provider, keeps it.
+
+Leaving an organisation (an administrator removes the person from its group, deletes the group, or
+confirms another organisation) takes away the Slurm association with its account at once
+(:func:`leave`, through the root helper ``aifl-org-revoke``): ``sbatch --account=<org>`` is refused after.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from jupyterhub import orm
 
 from .organisations import GROUP_PREFIX, organisation
 from .site import Site
+from .slurm import run_argv
 
 REQUESTS_FILE = "organisation-requests.json"
 MEMBERS_FILE = "organisation-members.json"
+REVOKE_COMMAND = ("/usr/bin/sudo", "-n", "/usr/local/sbin/aifl-org-revoke")
 
 
 def requests_path(site: Site) -> Path:
@@ -102,6 +108,18 @@ def confirm(site: Site, db: Any, orm_user: orm.User) -> str | None:
     _write(Path(site["hub"]["state_dir"]) / MEMBERS_FILE, members)
     _write(requests_path(site), data)
     return org
+
+
+async def leave(site: Site, user: str, org: str, command: tuple[str, ...] = REVOKE_COMMAND) -> None:
+    """``user`` is no longer a member of ``org``: forget the confirmed membership, remove the Slurm association.
+
+    Raises :class:`~aifl_hub.slurm.SlurmError` when the helper could not remove it.
+    """
+    members = confirmed(site)
+    if members.get(user) == org:
+        del members[user]
+        _write(Path(site["hub"]["state_dir"]) / MEMBERS_FILE, members)
+    await run_argv([*command, user, org], timeout=150)
 
 
 def _write(path: Path, data: dict[str, str]) -> None:

@@ -3,7 +3,8 @@
 People ask for an organisation at sign-up or through their OIDC provider's claim
 (:mod:`aifl_hub.membership`). This page lists the open requests with the organisation's category;
 **Confirm** makes the person a member (hub group ``org-<name>``) and creates their Slurm association
-under the organisation's account at once (``aifl-mkuser NAME ORG``, as an argv list through sudo);
+under the organisation's account at once (``aifl-mkuser NAME ORG``, as an argv list through sudo), and
+a person who moves leaves the old organisation in Slurm too (:func:`aifl_hub.membership.leave`);
 **Reject** drops the request. Both are XSRF-checked POSTs by an administrator; a user name or
 organisation that is not on the list changes nothing.
 """
@@ -17,7 +18,7 @@ from tornado import web
 
 from . import membership
 from .facility_service import CATEGORY_LABELS
-from .organisations import organisation
+from .organisations import organisation, organisation_of
 from .slurm import SlurmError, run_argv
 
 ROUTE = r"/aifl/organisations"
@@ -66,6 +67,7 @@ class OrganisationRequestsHandler(BaseHandler):
             orm_user = orm.User.find(self.db, name)
             if orm_user is None:
                 raise web.HTTPError(400, "Approve the sign-up first")
+            old = organisation_of(site, [group.name for group in orm_user.groups])
             org = membership.confirm(site, self.db, orm_user)
             self.log.info("%s confirmed %s as a member of %s", self.current_user.name, name, org)
             if org and getattr(self.authenticator, "create_local_accounts", False):
@@ -74,6 +76,12 @@ class OrganisationRequestsHandler(BaseHandler):
                 except SlurmError as exc:
                     self.log.error("Could not add %s to %s in Slurm: %s", name, org, exc.stderr)
                     raise web.HTTPError(500, "The Slurm association could not be made") from exc
+            if org and old is not None and old["name"] != org:
+                try:
+                    await membership.leave(site, name, old["name"])
+                except SlurmError as exc:
+                    self.log.error("Could not remove %s from %s in Slurm: %s", name, old["name"], exc.stderr)
+                    raise web.HTTPError(500, "The old Slurm association could not be removed") from exc
         done = "confirmed" if action == "confirm" else "rejected"
         self.redirect(url_path_join(self.hub.base_url, f"aifl/organisations?done={done}"))
 

@@ -1,7 +1,10 @@
 """Page handlers around starting a session: the spawn form knows the request, and Cancel really cancels.
 
 * ``/hub/spawn`` is JupyterHub's own handler, except that the spawner also sees the request when the
-  form is posted, so that a refused form is explained in the user's language.
+  form is posted, so that a refused form is explained in the user's language, and that a GET never
+  starts a session: a link such as ``/hub/spawn?profile=gpu-1`` (checked as before, a bad one is
+  refused) only fills in the form, and the user starts it with the form's POST, which carries the
+  XSRF token. A page elsewhere cannot make a visitor's browser take a GPU.
 * ``POST /hub/aifl/cancel`` (a plain form with the XSRF token, so it works without JavaScript) stops
   a start that waits in the queue or is starting: the start is interrupted and the Slurm job cancelled.
 
@@ -19,6 +22,9 @@ from jupyterhub.handlers.pages import SpawnHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
 
+from .options import form_field
+from .spawnform import FormState
+
 CANCEL_ROUTE = r"/aifl/cancel"
 
 
@@ -31,6 +37,20 @@ class LabSpawnHandler(SpawnHandler):
         if user is not None and not server_name:
             user.spawner.handler = self
         return super().post(user_name, server_name, display_name)
+
+    async def _wrap_spawn_single_user(self, user: Any, server_name: str, display_name: str, spawner: Any,
+                                      pending_url: str, options: dict[str, Any] | None = None) -> Any:
+        """Start only from the posted form; on a GET show the form, filled in with the link's checked options."""
+        if self.request.method == "POST":
+            return await super()._wrap_spawn_single_user(user, server_name, display_name, spawner, pending_url,
+                                                         options)
+        slug = (options or {}).get("profile")
+        if isinstance(slug, str) and hasattr(spawner, "form_state"):
+            spawner.form_state = FormState(profile=slug, values={
+                form_field(slug, key): str(value) for key, value in options.items() if key != "profile"})
+        form = await spawner.get_options_form()
+        self.finish(await self._render_form(for_user=user, spawner_options_form=form))
+        return None
 
 
 async def cancel_pending_start(handler: BaseHandler, user: Any) -> None:

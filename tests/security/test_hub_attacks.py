@@ -1,0 +1,284 @@
+"""Attacks on the hub's own trust boundary: sign-up names, admins, login lock-out, spawn links, leaving an organisation.
+
+The live tests act as real HTTP clients through the proxy (http://127.0.0.1:8000), each from its own
+loopback address (the proxy sees 127.x.y.z as the peer, as it would see a client's address), and as
+real Unix lab users for Slurm. The pure tests check the rules themselves, also for an admin name that
+nobody has signed up yet (the first-run race).
+"""
+
+from __future__ import annotations
+
+import pwd
+import re
+import secrets
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+from aifl_hub.accounts import (
+    ADMIN_NAME,
+    SYSTEM_NAME,
+    USED_NAME,
+    WORKSHOP_NAME,
+    LoginThrottle,
+    client_address,
+    signup_refusal,
+)
+from attacker import as_user
+from conftest import BASE, Hub, browser_session, remove_account, slurm
+from requests.adapters import HTTPAdapter
+
+CREDENTIALS = Path("/etc/aifl/admin-credentials")
+ADMIN_WORDS = "is reserved for the lab&#39;s administrators"
+LOCKED_WORDS = "Too many failed logins. Try again in"
+
+
+# ---- the rules, without the lab ---------------------------------------------------------------------
+
+def never(_name: str) -> bool:
+    return False
+
+
+@pytest.mark.parametrize("typed", ["admin", "Admin", "ADMIN", " admin", "admin ", "\tAdMiN\n", "HelpDesk"])
+def test_an_admin_name_nobody_signed_up_yet_is_reserved_in_every_variant(typed):
+    # Before `lab up` signs up the admin there is no account of that name: still nobody else may take it.
+    rule = {"admin_names": ["admin", "helpdesk"], "used_before": never, "system_account": never}
+    assert signup_refusal(typed, typed.lower(), may_name_admins=False, **rule) == ADMIN_NAME
+    assert signup_refusal(typed, typed.lower(), may_name_admins=True, **rule) is None  # the lab service
+
+
+def test_workshop_used_and_system_names_are_refused_with_their_own_reason():
+    rule = {"admin_names": ["admin"], "may_name_admins": True}
+    assert signup_refusal("ws-3-01", "ws-3-01", used_before=never, system_account=never, **rule) == WORKSHOP_NAME
+    assert signup_refusal(" WS-x", " ws-x", used_before=never, system_account=never, **rule) == WORKSHOP_NAME
+    assert signup_refusal("ann", "ann", used_before=lambda n: n == "ann", system_account=never, **rule) == USED_NAME
+    assert signup_refusal("daemon", "daemon", used_before=never, system_account=lambda n: True, **rule) == SYSTEM_NAME
+    assert signup_refusal("bea", "bea", used_before=never, system_account=never, **rule) is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_throttle_locks_a_name_per_address_and_an_address_and_stays_bounded():
+    clock = Clock()
+    throttle = LoginThrottle(per_pair=3, per_address=5, seconds=60, max_entries=50, clock=clock)
+    for _ in range(3):
+        assert throttle.wait("ann", "10.0.0.1") == 0
+        throttle.failed("ann", "10.0.0.1")
+    assert throttle.wait("ann", "10.0.0.1") == 60
+    assert throttle.wait("ann", "10.0.0.2") == 0  # Ann herself, elsewhere, is not locked out
+    assert throttle.wait("bob", "10.0.0.1") == 0
+    throttle.failed("bob", "10.0.0.1")
+    throttle.failed("cas", "10.0.0.1")  # five failures from this address now
+    assert throttle.wait("dee", "10.0.0.1") == 60
+    clock.now += 45
+    assert throttle.wait("dee", "10.0.0.1") == 15  # says when
+    clock.now += 15
+    assert throttle.wait("ann", "10.0.0.1") == 0 and throttle.wait("dee", "10.0.0.1") == 0
+    throttle.failed("eve", "10.0.0.3")
+    throttle.succeeded("eve", "10.0.0.3")
+    assert ("pair", "eve", "10.0.0.3") not in throttle.failures
+    for n in range(200):
+        throttle.failed(f"u{n}", f"10.1.{n}.1")
+    assert len(throttle.failures) <= 50
+
+
+def request_from(peer: str, headers: dict[str, str]) -> SimpleNamespace:
+    return SimpleNamespace(connection=SimpleNamespace(context=SimpleNamespace(address=(peer, 40000))),
+                           headers=headers)
+
+
+def test_the_client_address_is_what_the_trusted_proxy_saw_never_a_client_header():
+    proxies = ["127.0.0.1"]
+    forged = {"X-Real-IP": "6.6.6.6", "X-Forwarded-For": "7.7.7.7, 10.0.0.9"}
+    assert client_address(request_from("127.0.0.1", forged), proxies) == "10.0.0.9"  # the proxy's own entry
+    assert client_address(request_from("127.0.0.1", {"X-Real-IP": "6.6.6.6"}), proxies) == "127.0.0.1"
+    assert client_address(request_from("192.0.2.5", forged), proxies) == "192.0.2.5"  # not through the proxy
+
+
+# ---- against the running lab --------------------------------------------------------------------------
+
+class SourceAdapter(HTTPAdapter):
+    """Connections from one loopback address, so that the proxy sees a client of its own."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def loopback() -> str:
+    """A fresh loopback address for one client of this test run."""
+    return "127." + ".".join(str(secrets.randbelow(250) + 2) for _ in range(3))
+
+
+def client(source: str) -> requests.Session:
+    session = requests.Session()
+    session.mount("http://", SourceAdapter(source))
+    return session
+
+
+def sign_up(session: requests.Session, name: str, password: str, headers: dict | None = None) -> requests.Response:
+    session.get(f"{BASE}/hub/signup", headers=headers, timeout=30)
+    return session.post(f"{BASE}/hub/signup", headers=headers, timeout=30, data={
+        "username": name, "signup_password": password, "signup_password_confirmation": password,
+        "_xsrf": session.cookies.get("_xsrf", "")})
+
+
+def log_in(source: str, name: str, password: str, headers: dict | None = None) -> requests.Response:
+    """One login through the proxy from ``source``, as a fresh browser (its own XSRF cookie)."""
+    with client(source) as session:
+        session.get(f"{BASE}/hub/login", headers=headers, timeout=30)
+        return session.post(f"{BASE}/hub/login", headers=headers, timeout=60, allow_redirects=False, data={
+            "username": name, "password": password, "_xsrf": session.cookies.get("_xsrf", "")})
+
+
+def admin_credentials() -> tuple[str, str]:
+    name, password = (line.split(": ", 1)[1] for line in CREDENTIALS.read_text().splitlines()[:2])
+    return name, password
+
+
+def pending_sign_ups() -> str:
+    with browser_session(*admin_credentials()) as admin:
+        return admin.get(f"{BASE}/hub/authorize", timeout=30).text
+
+
+def test_nobody_signs_up_with_an_admins_name_in_any_variant(hub: Hub, users):
+    admin, password = admin_credentials()
+    _name, own_token = users()
+    before = {e.pw_name for e in pwd.getpwall()}
+    for typed in (admin.upper(), admin.capitalize(), f" {admin}", f"{admin} ", f"\t{admin.upper()}"):
+        with client(loopback()) as session:
+            r = sign_up(session, typed, secrets.token_urlsafe(12), {"Accept-Language": "en"})
+        assert r.status_code == 400, typed
+        assert ADMIN_WORDS in r.text, (typed, r.text[-800:])
+    # A plain user's own token does not make one an administrator's stand-in; in Dutch the reason is Dutch.
+    with client(loopback()) as session:
+        r = sign_up(session, admin, secrets.token_urlsafe(12),
+                    {"Accept-Language": "nl", "Authorization": f"token {own_token}"})
+    assert r.status_code == 400 and "is gereserveerd voor de beheerders van het lab" in r.content.decode()
+    assert {e.pw_name for e in pwd.getpwall()} - before == set()  # no Unix account came of it
+    assert log_in(loopback(), admin, password).status_code == 302  # the admin's password is still theirs
+
+
+def test_workshop_former_and_system_names_are_refused_at_sign_up(hub: Hub, users):
+    former, _token = users()  # a user who had an account ...
+    home = Path(pwd.getpwnam(former).pw_dir)
+    (home / "patients.csv").write_text("private\n")
+    assert hub.api("DELETE", f"/users/{former}").status_code == 204  # ... and was deleted from the hub
+    cases = ((f"ws-{secrets.token_hex(2)}-01", "are reserved for the temporary accounts of workshops"),
+             (former, "was used before in this lab"),
+             ("aifl-hub", "belongs to a system account of this computer"),
+             ("daemon", "belongs to a system account of this computer"))
+    for name, words in cases:
+        with client(loopback()) as session:
+            r = sign_up(session, name, secrets.token_urlsafe(12), {"Accept-Language": "en"})
+        assert r.status_code == 400 and words in r.text, (name, r.text[-800:])
+    with client(loopback()) as session:
+        r = sign_up(session, former, secrets.token_urlsafe(12), {"Accept-Language": "nl"})
+    assert r.status_code == 400 and "is al eerder in dit lab gebruikt" in r.content.decode()
+    waiting = pending_sign_ups()
+    assert all(f">{name}<" not in waiting for name, _ in cases)  # nothing waits for an admin's approval
+    assert (home / "patients.csv").read_text() == "private\n"
+
+
+@pytest.fixture
+def person(hub: Hub):
+    """A signed-up, approved user with a password (name, password); removed afterwards."""
+    name, password = f"lk{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+    browser_session(name, password, signup=True).close()
+    yield name, password
+    hub.api("DELETE", f"/users/{name}")
+    remove_account(name)
+
+
+def test_failing_someones_password_does_not_lock_them_out_and_forged_headers_do_not_escape(hub: Hub, person):
+    name, password = person
+    attacker = loopback()
+    for n in range(5):
+        forged = {"X-Real-IP": f"10.9.{n}.1", "X-Forwarded-For": f"10.8.{n}.1", "Accept-Language": "en"}
+        r = log_in(attacker, name, "wrong-password", forged)
+        assert r.status_code == 200 and "Invalid username or password." in r.text, n
+    # Locked from the attacker's address: even the right password, whatever the headers claim.
+    for n in range(5, 8):
+        forged = {"X-Real-IP": f"10.9.{n}.1", "X-Forwarded-For": f"10.8.{n}.1", "Accept-Language": "en"}
+        r = log_in(attacker, name, password, forged)
+        assert r.status_code == 429 and LOCKED_WORDS in r.text, (n, r.status_code, r.text[-500:])
+        assert re.search(r"Try again in \d+ seconds\.", r.text)
+    r = log_in(attacker, name, password, {"Accept-Language": "nl"})
+    assert r.status_code == 429 and "Probeer het over" in r.content.decode()
+    # The person herself, from her own address, logs in as always.
+    assert log_in(loopback(), name, password).status_code == 302
+
+
+def test_one_address_trying_many_names_waits(hub: Hub, person):
+    name, password = person
+    sprayer = loopback()
+    for n in range(20):
+        r = log_in(sprayer, f"nobody{n}x{secrets.token_hex(2)}", "wrong-password",
+                   {"X-Real-IP": f"10.7.{n}.1", "Accept-Language": "en"})
+        assert r.status_code == 200, n
+    r = log_in(sprayer, name, password, {"X-Forwarded-For": "10.6.0.1", "Accept-Language": "en"})
+    assert r.status_code == 429 and LOCKED_WORDS in r.text
+    assert log_in(loopback(), name, password).status_code == 302
+
+
+def no_jobs(name: str) -> bool:
+    return slurm("squeue", "-h", "-u", name, "-o", "%i").strip() == ""
+
+
+def test_a_link_only_fills_in_the_spawn_form_and_a_post_with_the_xsrf_token_starts(hub: Hub, users):
+    name, _token, browser = users.with_login()
+    for path in ("/hub/spawn?profile=gpu-1", f"/hub/spawn/{name}?profile=gpu-1&hours=3"):
+        r = browser.get(f"{BASE}{path}", headers={"Accept-Language": "en"}, timeout=30)
+        assert r.status_code == 200, (path, r.text[-500:])
+        assert re.search(r'id="profile-gpu-1"[^>]*checked', r.text), path  # the link's profile is chosen
+        assert 'id="spawn_form"' in r.text
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            assert hub.server(name) is None and no_jobs(name), path
+            time.sleep(0.5)
+    r = browser.get(f"{BASE}/hub/spawn?profile=gpu-1&hours=3", timeout=30)
+    assert 'name="profile-option-gpu-1--hours"' in r.text and re.search(
+        r'name="profile-option-gpu-1--hours"[^>]*value="3"|value="3"[^>]*name="profile-option-gpu-1--hours"', r.text)
+    # The form's POST without the XSRF token (a page elsewhere posting it) is refused.
+    r = browser.post(f"{BASE}/hub/spawn", data={"profile": "cpu-small"}, timeout=30, allow_redirects=False)
+    assert r.status_code == 403
+    assert hub.server(name) is None and no_jobs(name)
+    r = browser.post(f"{BASE}/hub/spawn", timeout=60, allow_redirects=False,
+                     data={"profile": "cpu-small", "_xsrf": browser.cookies.get("_xsrf", "")})
+    assert r.status_code in (302, 303), r.text[-500:]
+    hub.wait_ready(name, timeout=180)
+
+
+def submit(name: str, *account: str) -> subprocess.CompletedProcess[str]:
+    """``sbatch`` as the real Unix user (held, so it never runs)."""
+    return as_user(name, ["sbatch", "--parsable", "--hold", "--partition=cpu", *account, "--wrap", "true"])
+
+
+def test_someone_removed_from_an_organisation_cannot_charge_it_any_more(hub: Hub, users):
+    name, _token = users(org="umcg")
+    subprocess.run(["/usr/local/sbin/aifl-mkuser", name, "umcg"], check=True, capture_output=True, timeout=120)
+    first = submit(name, "--account=umcg")
+    assert first.returncode == 0, first.stderr
+    slurm("scancel", first.stdout.strip())
+    r = hub.api("DELETE", "/groups/org-umcg/users", json={"users": [name]})
+    assert r.status_code == 200, r.text
+    assert name not in [u for u in hub.api("GET", "/groups/org-umcg").json()["users"]]
+    refused = submit(name, "--account=umcg")
+    assert refused.returncode != 0 and "account" in refused.stderr.lower(), refused
+    assert slurm("sacctmgr", "-nP", "show", "assoc", f"user={name}", "account=umcg", "format=user").strip() == ""
+    own = submit(name)  # the lab's default account is left
+    assert own.returncode == 0, own.stderr
+    slurm("scancel", own.stdout.strip())
