@@ -8,9 +8,12 @@ nobody has signed up yet (the first-run race).
 
 from __future__ import annotations
 
+import json
+import os
 import pwd
 import re
 import secrets
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +29,7 @@ from aifl_hub.accounts import (
     LoginThrottle,
     client_address,
     signup_refusal,
+    socket_owner,
 )
 from attacker import as_user
 from conftest import BASE, Hub, browser_session, remove_account, slurm
@@ -91,8 +95,8 @@ def test_the_throttle_locks_a_name_per_address_and_an_address_and_stays_bounded(
     assert len(throttle.failures) <= 50
 
 
-def request_from(peer: str, headers: dict[str, str]) -> SimpleNamespace:
-    return SimpleNamespace(connection=SimpleNamespace(context=SimpleNamespace(address=(peer, 40000))),
+def request_from(peer: str, headers: dict[str, str], port: int = 40000) -> SimpleNamespace:
+    return SimpleNamespace(connection=SimpleNamespace(context=SimpleNamespace(address=(peer, port))),
                            headers=headers)
 
 
@@ -102,6 +106,20 @@ def test_the_client_address_is_what_the_trusted_proxy_saw_never_a_client_header(
     assert client_address(request_from("127.0.0.1", forged), proxies) == "10.0.0.9"  # the proxy's own entry
     assert client_address(request_from("127.0.0.1", {"X-Real-IP": "6.6.6.6"}), proxies) == "127.0.0.1"
     assert client_address(request_from("192.0.2.5", forged), proxies) == "192.0.2.5"  # not through the proxy
+
+
+def test_on_loopback_only_the_proxys_own_connection_may_name_the_client():
+    # A local program (a lab user's job) that reaches the hub's port directly is not the proxy, even from
+    # 127.0.0.1: the proxy's end of the connection belongs to the hub's service account.
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.create_connection(server.getsockname()) as mine:
+        accepted, _ = server.accept()
+        with accepted:
+            port = mine.getsockname()[1]
+            forged = {"X-Forwarded-For": "10.0.0.9"}
+            assert socket_owner("127.0.0.1", port) == os.getuid()
+            assert client_address(request_from("127.0.0.1", forged, port), ["127.0.0.1"], os.getuid()) == "10.0.0.9"
+            assert client_address(request_from("127.0.0.1", forged, port), ["127.0.0.1"], os.getuid() + 4321) \
+                == "127.0.0.1"
 
 
 # ---- against the running lab --------------------------------------------------------------------------
@@ -282,3 +300,32 @@ def test_someone_removed_from_an_organisation_cannot_charge_it_any_more(hub: Hub
     own = submit(name)  # the lab's default account is left
     assert own.returncode == 0, own.stderr
     slurm("scancel", own.stdout.strip())
+
+
+DIRECT_LOGINS = r"""
+import http.client, json, re, sys
+name, password = sys.stdin.read().split()
+codes = []
+for n in range(8):
+    forged = {"X-Forwarded-For": f"10.5.{n}.1", "X-Real-IP": f"10.4.{n}.1"}
+    hub = http.client.HTTPConnection("127.0.0.1", 8081, timeout=60)
+    hub.request("GET", "/hub/login", headers=forged)
+    answer = hub.getresponse()
+    answer.read()
+    xsrf = re.search(r"_xsrf=([^;]+)", answer.getheader("Set-Cookie") or "").group(1)
+    body = f"username={name}&password={password if n >= 5 else 'wrong-password'}&_xsrf={xsrf}"
+    hub.request("POST", "/hub/login", body=body, headers={**forged, "Cookie": f"_xsrf={xsrf}",
+                                                            "Content-Type": "application/x-www-form-urlencoded"})
+    codes.append(hub.getresponse().status)
+    hub.close()
+print(json.dumps(codes))
+"""
+
+
+def test_a_local_user_reaching_the_hub_port_directly_cannot_forge_the_proxys_header(hub: Hub, users, person):
+    name, password = person
+    attacker, _token = users()  # a real lab user on this host, whose jobs may reach the hub's port
+    done = as_user(attacker, ["python3", "-I", "-c", DIRECT_LOGINS], input=f"{name} {password}", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [200] * 5 + [429] * 3  # five tries, then locked whatever the headers say
+    assert log_in(loopback(), name, password).status_code == 302  # through the proxy, from elsewhere: fine

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import grp
 import inspect
+import ipaddress
 import math
 import os
 import pwd
@@ -28,6 +29,7 @@ from typing import Any
 
 from jupyterhub import orm, scopes
 from jupyterhub.auth import Authenticator
+from jupyterhub.utils import utcnow
 from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator.handlers import DiscardHandler, SignUpHandler, ToggleAuthorizationHandler
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
@@ -108,18 +110,45 @@ def remember_name(state_dir: str | Path, name: str) -> None:
         out.write(f"{name}\n")
 
 
-def client_address(request: httputil.HTTPServerRequest, trusted_proxies: Iterable[str]) -> str:
-    """The address of the client: the last ``X-Forwarded-For`` entry when the peer is a trusted proxy, else the peer.
+def socket_owner(ip: str, port: int) -> int | None:
+    """The uid of the established local TCP socket whose own end is ``ip:port`` (from ``/proc/net``), or None."""
+    try:
+        packed = ipaddress.ip_address(ip).packed
+    except ValueError:
+        return None
+    words = b"".join(packed[i:i + 4][::-1] for i in range(0, len(packed), 4))  # /proc's byte order
+    wanted = f"{words.hex().upper()}:{port:04X}"
+    try:
+        with open("/proc/net/tcp" if len(packed) == 4 else "/proc/net/tcp6") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) > 7 and fields[1] == wanted and fields[3] == "01":
+                    return int(fields[7])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def client_address(request: httputil.HTTPServerRequest, trusted_proxies: Iterable[str],
+                   proxy_uid: int | None = None) -> str:
+    """The address of the client: the last ``X-Forwarded-For`` entry when the peer is the trusted proxy, else the peer.
 
     The trusted proxy (configurable-http-proxy) appends the peer it saw to ``X-Forwarded-For``; entries
-    before it and ``X-Real-IP`` come from the client and are never believed.
+    before it and ``X-Real-IP`` come from the client and are never believed. On this host's loopback the
+    proxy is also told apart from other local programs that reach the hub's port directly (a lab user's
+    job): its end of the connection belongs to ``proxy_uid`` (the hub's own service account).
     """
     address = getattr(getattr(request.connection, "context", None), "address", None)
-    peer = address[0] if isinstance(address, tuple) and address else ""
+    peer, port = (address[0], address[1]) if isinstance(address, tuple) and len(address) >= 2 else ("", 0)
     forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",") if part.strip()]
-    if forwarded and (peer in set(trusted_proxies) or not peer):  # no peer address: a local (Unix) socket
-        return forwarded[-1]
-    return peer or "local"
+    if not forwarded:
+        return peer or "local"
+    if peer and peer not in set(trusted_proxies):
+        return peer
+    if peer and proxy_uid is not None and ipaddress.ip_address(peer).is_loopback \
+            and socket_owner(peer, port) != proxy_uid:
+        return peer
+    return forwarded[-1]
 
 
 class LoginThrottle:
@@ -244,12 +273,15 @@ class LabSignUpHandler(SignUpHandler):
     def _may_name_admins(self) -> bool:
         """Whether the request comes from the ``lab`` service's token or an administrator (they sign up admins)."""
         token = self.get_token()
-        if token is not None and "admin:users" in scopes.get_scopes_for(token):
+        live = token is not None and (token.expires_at is None or token.expires_at > utcnow(with_tz=False))
+        if live and "admin:users" in scopes.get_scopes_for(token):
             return True
         return bool(getattr(self.current_user, "admin", False))
 
     async def post(self) -> None:
         """Refuse reserved names, keep the organisation asked for, then sign up as NativeAuthenticator does."""
+        if not self.authenticator.enable_signup:
+            raise web.HTTPError(404)
         site = self.authenticator.site
         org = self.get_body_argument("organisation", "", strip=True)
         if org and (site is None or organisation(site, org) is None):
@@ -353,7 +385,7 @@ class LabNativeAuthenticator(SiteMixin, LocalAccountsMixin, NativeAuthenticator)
     async def authenticate(self, handler: Any, data: dict[str, str]) -> str | None:
         """NativeAuthenticator's check of the password, throttled per (name, address) and per address."""
         name = self.normalize_username(data.get("username", ""))
-        address = client_address(handler.request, self.trusted_proxy_ips) if handler is not None else "local"
+        address = client_address(handler.request, self.trusted_proxy_ips, os.getuid()) if handler else "local"
         wait = self.throttle.wait(name, address) if self.allowed_failed_logins else 0
         if wait:
             self.log.warning("Login of %r from %s refused for %d s: too many failed logins", name, address, wait)
