@@ -85,3 +85,22 @@ def test_sudo_keeps_the_hubs_environment_only_for_a_submission():
     keeping = [line.strip() for line in specific.splitlines() if "env_keep" in line]
     sbatch = shutil.which("sbatch")
     assert keeping == [f'Defaults!{sbatch} --parsable env_keep+="JUPYTERHUB_* JPY_* AIFL_*"'], rules
+
+
+def test_a_compromised_session_reaches_only_its_own_user(hub, users):
+    """The server's own token (what code in a session holds) cannot act on anyone else or on the hub."""
+    name, token = users()
+    other, _ = users()
+    spawn(hub, name, token, {"profile": "cpu-small"})
+    secret = session_token(hub.job_of(name))
+    assert hub.api("GET", f"/users/{name}", token=secret).status_code == 200  # itself: yes
+    for method, path, body in [("GET", "/users", None), ("GET", f"/users/{other}", None),
+                               ("POST", f"/users/{other}/server", {}), ("DELETE", f"/users/{other}/server", None),
+                               ("POST", f"/users/{other}/tokens", {"note": "x"}), ("POST", f"/users/{name}/tokens",
+                                                                                  {"note": "x", "expires_in": 60}),
+                               ("PATCH", f"/users/{name}", {"admin": True}), ("GET", "/groups", None),
+                               ("POST", "/groups/org-umcg/users", {"users": [other]}), ("GET", "/services", None)]:
+        r = hub.api(method, path, token=secret, json=body)
+        assert r.status_code in (403, 404), (method, path, r.status_code, r.text[:200])
+    assert not hub.api("GET", f"/users/{name}").json()["admin"]
+    assert hub.server(other) is None
