@@ -33,13 +33,13 @@ from pathlib import Path
 from . import cluster
 from .energy import status_path
 from .hubconfig import HUB_API_PORT, PROXY_API_PORT
-from .procs import LabError, Progress, pid_alive, require_root, run, start_daemon, wait_ready, write_file
+from .procs import LabError, Progress, pid_alive, protect_log, require_root, run, start_daemon, wait_ready, write_file
 from .site import Site, SiteError, load_site
 
 ETC = Path("/etc/aifl")
 OPT = Path("/opt/aifl")
 RUN = Path("/run/aifl")
-LAB_LOCK = Path("/run/lock/aifl-lab.lock")
+LAB_LOCK = RUN / "lab.lock"  # root-owned folder: /run/lock is world-writable
 LOGS = Path("/var/log/aifl")
 HUB_ENV = OPT / "hub"
 PROXY_DIR = OPT / "proxy"
@@ -337,6 +337,7 @@ def _pid(name: str) -> int | None:
 
 def _start(name: str, argv: list[str], user: str, env: dict[str, str], ports: list[int],
            ready, cwd: Path | None = None) -> None:  # noqa: ANN001 - ready is a () -> bool
+    protect_log(LOGS / f"{name}.log", user)  # also the log of a daemon that keeps running
     if _pid(name):
         return
     for port in ports:

@@ -1,6 +1,7 @@
 """Process helpers for `lab`: argv-only commands, detached daemons, health waits and step progress.
 
-Nothing here builds a shell string: every command is an argv list.
+Nothing here builds a shell string: every command is an argv list. Files written as root are never opened
+through a link or a second (hard) link, and never wait on a FIFO: a service account may own the folder.
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,17 +61,51 @@ def ok(argv: Sequence[str], timeout: float = 30) -> bool:
         return False
 
 
+# Open without following a link at the last step and without waiting on a FIFO; checked with fstat after.
+SAFE_OPEN = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _own_regular_file(descriptor: int) -> bool:
+    """True when ``descriptor`` is a regular file with a single name (no hard link elsewhere)."""
+    info = os.fstat(descriptor)
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+
+
+def open_log(log: Path, user: str | None = None) -> int:
+    """Open a daemon's ``log`` for appending and make it root:<user's group> 0640 (root's group without ``user``).
+
+    Logs hold user names and request details, so other lab users may not read them; the daemon's own account
+    may. Opened without following a link, and refused unless it is a regular file with a single name.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    problem = f"{log} is not a plain log file (a link or a FIFO?); remove it and start again"
+    try:
+        descriptor = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | SAFE_OPEN, 0o640)
+    except OSError as exc:
+        raise LabError(f"{problem} ({exc.strerror})") from None
+    if not _own_regular_file(descriptor):
+        os.close(descriptor)
+        raise LabError(problem)
+    os.fchown(descriptor, 0, pwd.getpwnam(user).pw_gid if user else 0)
+    os.fchmod(descriptor, 0o640)
+    return descriptor
+
+
+def protect_log(log: Path, user: str | None = None) -> None:
+    """Give ``log`` the owner and mode :func:`open_log` gives, also while its daemon runs and keeps writing it."""
+    os.close(open_log(log, user))
+
+
 def start_daemon(argv: Sequence[str], log: Path, *, user: str | None = None,
                  env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
-    """Start ``argv`` detached in its own session, output appended to ``log``; return its pid.
+    """Start ``argv`` detached in its own session, output appended to ``log`` (:func:`open_log`); return its pid.
 
     With ``user`` it runs as that account (setpriv execs, so the pid is the daemon's own).
     """
-    log.parent.mkdir(parents=True, exist_ok=True)
     cmd = list(argv)
     if user:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *cmd]
-    with open(log, "ab") as out:
+    with os.fdopen(open_log(log, user), "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 env=env, cwd=cwd, start_new_session=True)
     return proc.pid
@@ -106,23 +143,33 @@ def wait_ready(check: Callable[[], bool], *, what: str, alive: Callable[[], bool
 def write_file(path: Path, content: str, *, mode: int, owner: str = "root", group: str | None = None) -> bool:
     """Write ``content`` atomically when it differs; always set owner, group and mode. True when it changed.
 
-    ``group`` defaults to the owner's primary group.
+    ``group`` defaults to the owner's primary group. Owner and mode are set through the file's descriptor, and
+    anything at ``path`` that is not a regular file with a single name (a link, a FIFO) is replaced, never
+    followed.
     """
+    entry = pwd.getpwnam(owner)
+    uid, gid = entry.pw_uid, grp.getgrnam(group).gr_gid if group else entry.pw_gid
     try:
-        changed = path.read_text() != content
+        descriptor = os.open(path, os.O_RDONLY | SAFE_OPEN)
     except OSError:
-        changed = True
-    if changed:
-        tmp = path.with_name(f".{path.name}.aifl-new")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "w") as out:
+        descriptor = -1
+    if descriptor >= 0:
+        with os.fdopen(descriptor, "rb") as current:
+            if _own_regular_file(descriptor) and current.read() == content.encode():
+                os.fchown(descriptor, uid, gid)
+                os.fchmod(descriptor, mode)
+                return False
+    descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            os.fchown(descriptor, uid, gid)
+            os.fchmod(descriptor, mode)
             out.write(content)
         os.replace(tmp, path)
-    entry = pwd.getpwnam(owner)
-    os.chown(path, entry.pw_uid, grp.getgrnam(group).gr_gid if group else entry.pw_gid)
-    path.chmod(mode)
-    return changed
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
 
 
 class Progress:
