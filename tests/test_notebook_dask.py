@@ -346,13 +346,15 @@ def _fields(text: str) -> list[str]:
 
 def test_every_dask_message_has_a_dutch_translation_with_the_same_fields() -> None:
     used: set[str | tuple[str, str]] = set()
-    for source in (NOTEBOOK / "dask.py", NOTEBOOK / "widgets" / "dask.py"):
+    for source in (NOTEBOOK / "dask.py", NOTEBOOK / "widgets" / "dask.py", NOTEBOOK / "dask_dashboard.py"):
         with source.open("rb") as fh:
             for _line, message, _comments, _context in extract(
                     "python", fh, keywords={"_": None, "N_": None, "gettext": None, "ngettext": (1, 2)}):
                 used.add(message if isinstance(message, str) else tuple(message))
-    with DASK_PO.open("rb") as fh:
-        catalog = {m.id: m.string for m in read_po(fh) if m.id}
+    catalog = {}
+    for po in (DASK_PO, DASK_PO.with_name("dask_dashboard.po")):
+        with po.open("rb") as fh:
+            catalog.update({m.id: m.string for m in read_po(fh) if m.id})
     assert len(used) >= 25
     assert sorted(map(str, used - set(catalog))) == []  # every message is translated
     assert sorted(map(str, set(catalog) - used)) == []  # every entry is still used
@@ -387,6 +389,48 @@ def test_the_worker_job_script_and_its_clean_environment(monkeypatch, tmp_path: 
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "secret")
     out = asyncio.run(cls.job_cls._call(["env"]))
     assert "SLURM_JOB_ID=" not in out and "secret" not in out
+
+
+def test_a_cluster_speaks_tls_only_and_keeps_its_keys_script_and_dashboard_private(tmp_path: Path) -> None:
+    pytest.importorskip("dask_jobqueue")
+    import socket
+
+    options = cluster_options(SessionJob("42", "umcg", "regional", None), "08:00:00", home=tmp_path)
+    for folder in (options["log_directory"], options["shared_temp_directory"]):
+        Path(folder).mkdir(mode=0o700, parents=True)
+    private = api.private_folder(tmp_path)
+    cluster = api.cluster_class()(**options, cores=1, memory="4GiB", queue="cpu", death_timeout=60)
+    try:
+        assert cluster.scheduler_address.startswith("tls://")
+        assert cluster.security.require_encryption
+        keys = [path for path in private.iterdir() if path.name.startswith(".dask-jobqueue.worker.")]
+        assert len(keys) == 3 and all(path.stat().st_mode & 0o777 == 0o600 for path in keys)
+        # The dashboard: a unix socket of mode 600 in the private folder, and no TCP port.
+        sock = api.dashboard_socket(cluster.dashboard_id, private)
+        assert sock.is_socket() and sock.stat().st_mode & 0o777 == 0o600
+        families = {s.family for s in cluster.scheduler.http_server._sockets.values()}
+        assert families == {socket.AF_UNIX}
+        assert cluster.dashboard_link == api.dashboard_link(cluster.dashboard_id)
+        # The job script: a new file of mode 600 in the job's log folder, gone after submission.
+        job = cluster._dummy_job
+        with job.job_file() as name:
+            script = Path(name)
+            assert script.parent == Path(options["log_directory"]) and script.stat().st_mode & 0o777 == 0o600
+            assert script.read_text() == job.job_script()
+        assert not script.exists()
+    finally:
+        cluster.close()
+    assert not sock.exists()
+
+
+def test_dashboard_addresses_and_sockets() -> None:
+    env = {"JUPYTERHUB_SERVICE_PREFIX": "/user/ann/"}
+    assert api.dashboard_link("0123456789abcdef", env) == "/user/ann/aifl/dask/0123456789abcdef/status"
+    folder = Path("/h/.aifl/dask")
+    assert api.dashboard_socket("0123456789abcdef", folder) == folder / "0123456789abcdef.sock"
+    for wrong in ("../../x", "0123456789ABCDEF", "0123456789abcde", "0123456789abcdef/..", ""):
+        with pytest.raises(ValueError, match="not a cluster id"):
+            api.dashboard_socket(wrong, Path("/h"))
 
 
 # ---- the widget --------------------------------------------------------------------------------------
@@ -611,8 +655,8 @@ def check_started(out: dict, name: str, token: str, progress: str = "All 2 worke
     for env in started["worker_env"]:  # each worker is its own job, without the session's token or GPU
         assert env["SLURM_JOB_ID"] in jobs and env["SLURM_JOB_PARTITION"] == "cpu"
         assert env["JUPYTERHUB_API_TOKEN"] is None and env["CUDA_VISIBLE_DEVICES"] is None
-    # The dashboard answers through jupyter-server-proxy, behind the hub's login.
-    assert re.fullmatch(rf"/user/{name}/proxy/\d+/status", started["dashboard"]), started["dashboard"]
+    # The dashboard answers through the session's server (its unix socket), behind the hub's login.
+    assert re.fullmatch(rf"/user/{name}/aifl/dask/[0-9a-f]{{16}}/status", started["dashboard"]), started["dashboard"]
     headers = {"Authorization": f"token {token}"}
     page = requests.get(BASE + started["dashboard"], headers=headers, timeout=60)
     assert page.status_code == 200 and "<title>Dask Diagnostic UI</title>" in page.text, page.text[:300]
@@ -675,7 +719,8 @@ def test_the_widget_and_the_end_of_the_session_cancels_its_workers(hub, users) -
     panel = kernel.run(PANEL)["PANEL"]
     assert re.search(r"0 van 2 workers gestart; de rest (wacht op een vrije node|start nu)\.", panel["first"])
     assert panel["state"] == "running" and "Alle 2 workers gestart." in panel["status"]
-    assert re.search(rf'<a href="/user/{name}/proxy/\d+/status" target="_blank">Dashboard</a>', panel["dashboard"])
+    assert re.search(rf'<a href="/user/{name}/aifl/dask/[0-9a-f]{{16}}/status" target="_blank">Dashboard</a>',
+                     panel["dashboard"])
     jobs += panel["jobs"]
     assert sorted(worker_jobs(name)) == sorted(jobs) and len(jobs) == 4
     # Stopping the session ends its job: Slurm terminates the kernel, which cancels its workers.

@@ -1,10 +1,16 @@
 """Dask on the cluster from a session: a dask-jobqueue ``SLURMCluster`` with the site's settings.
 
 The site's settings live in the notebook environment (``{sys.prefix}/etc/dask/``, which dask reads),
-not in homes: ``jobqueue.yaml`` (one worker's size, the CPU partition, time limit, the dashboard) and
-``lab.yaml`` (the sizes people choose from, the largest number of workers, the dashboard's link
-through jupyter-server-proxy). Worker logs go to ``~/.aifl/logs/dask/``; the scheduler accepts only
-workers and clients with this cluster's own temporary TLS certificate (``~/.aifl/dask/``, mode 600).
+not in homes: ``jobqueue.yaml`` (one worker's size, the CPU partition, time limit) and ``lab.yaml``
+(the sizes people choose from, the largest number of workers). Worker logs go to ``~/.aifl/logs/dask/``.
+
+A cluster is its user's alone. The scheduler and workers speak TLS only and accept only workers and
+clients holding this cluster's own temporary certificate (in ``~/.aifl/dask/``: a 700 folder, files of
+mode 600), so other people on the same nodes can neither connect nor submit work. The dashboard has no
+TCP port at all: the scheduler serves it on a unix socket in that folder, and the session's Jupyter
+Server shows it to its logged-in user at ``{JUPYTERHUB_SERVICE_PREFIX}aifl/dask/<id>/status``
+(:mod:`aifl_notebook.dask_dashboard`). A worker's job script is a new file of mode 600 in the log
+folder until ``sbatch`` has read it, never a name in ``/tmp`` that someone else could take over.
 
 Workers are Slurm jobs of the user, charged to the session job's own account and QOS. They are
 cancelled when the cluster is closed, when the kernel exits or is terminated (atexit, SIGTERM,
@@ -26,13 +32,16 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -52,6 +61,8 @@ _KEPT_NAMES = frozenset({"SLURM_CONF"})
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 MARGIN = 60  # seconds: a worker's time limit ends this long before the session's
+DASHBOARD_ROUTE = "aifl/dask"  # under the session's base URL: the clusters' dashboards
+_CLUSTER_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 class DaskChoiceError(ValueError):
@@ -199,11 +210,28 @@ def cluster_options(job: SessionJob, default_walltime: str, *, home: Path,
         "walltime": walltime(default_walltime, job.end_time, time.time() if now is None else now),
         "python": f"{prefix}/bin/python",
         "log_directory": str(home / ".aifl" / "logs" / "dask"),
-        # The scheduler accepts only workers and clients holding this cluster's own certificate
-        # (other people on the same nodes cannot use it); the workers read it from here.
+        # TLS with this cluster's own temporary certificate (Security.temporary(), encryption
+        # required): only holders of it (the workers read it from the private folder) may connect.
         "security": True,
-        "shared_temp_directory": str(home / ".aifl" / "dask"),
+        "shared_temp_directory": str(private_folder(home)),
     }
+
+
+def private_folder(home: Path) -> Path:
+    """The user's private Dask folder: certificates, worker job scripts, dashboard sockets (mode 700)."""
+    return home / ".aifl" / "dask"
+
+
+def dashboard_socket(cluster_id: str, folder: Path) -> Path:
+    """The unix socket in ``folder`` of cluster ``cluster_id``'s dashboard (16 hex digits, else ValueError)."""
+    if not _CLUSTER_ID.match(cluster_id):
+        raise ValueError(f"not a cluster id: {cluster_id!r}")
+    return folder / f"{cluster_id}.sock"
+
+
+def dashboard_link(cluster_id: str, env: Mapping[str, str] = os.environ) -> str:
+    """The dashboard's address for the browser, through the session's own server (behind its login)."""
+    return f"{env.get('JUPYTERHUB_SERVICE_PREFIX', '/')}{DASHBOARD_ROUTE}/{cluster_id}/status"
 
 
 # ---- cleaning up: no worker job outlives the kernel ----------------------------------------------
@@ -265,11 +293,50 @@ def cluster_class() -> type:
 
     Made on first use: dask is imported only once a cluster starts.
     """
+    import dask.config
     from dask_jobqueue.slurm import SLURMCluster, SLURMJob
+    from distributed import Scheduler
     from distributed.core import Status
+    from distributed.http.routing import RoutingApplication
+    from tornado.httpserver import HTTPServer
+    from tornado.netutil import bind_unix_socket
+
+    class LabScheduler(Scheduler):
+        """A scheduler whose dashboard listens on a unix socket (mode 600) and on no TCP port."""
+
+        def __init__(self, *args: Any, dashboard_socket: str, **kwargs: Any) -> None:
+            self.dashboard_socket = dashboard_socket
+            super().__init__(*args, **kwargs)
+
+        def start_http_server(self, routes: list, dashboard_address: Any, default_port: int = 0,
+                              ssl_options: Any = None) -> None:
+            """Serve the dashboard on ``dashboard_socket`` only; ``dashboard_address`` is not used."""
+            self.http_application = RoutingApplication(routes)
+            self.http_server = HTTPServer(self.http_application)
+            self.http_server.add_socket(bind_unix_socket(self.dashboard_socket, mode=0o600))
+            self.http_server.address, self.http_server.port = self.dashboard_socket, 0
+            self.services["dashboard"] = self.http_server
+
+        async def close(self, *args: Any, **kwargs: Any) -> Any:
+            """Close the scheduler and remove its dashboard's socket."""
+            try:
+                return await super().close(*args, **kwargs)
+            finally:
+                Path(self.dashboard_socket).unlink(missing_ok=True)
 
     class LabSlurmJob(SLURMJob):
         """A worker job: submitted without the session's Slurm variables, remembered until cancelled."""
+
+        @contextmanager
+        def job_file(self) -> Iterator[str]:
+            """The job script as a new file of mode 600 in the job's log folder (not a guessable name in /tmp)."""
+            handle, name = tempfile.mkstemp(suffix=".sh", prefix=".job-", dir=self.log_directory)
+            try:
+                with os.fdopen(handle, "w") as script:
+                    script.write(self.job_script())
+                yield name
+            finally:
+                Path(name).unlink(missing_ok=True)
 
         @staticmethod
         async def _call(cmd: list[str], **kwargs: Any) -> str:
@@ -293,9 +360,27 @@ def cluster_class() -> type:
             JOBS.discard(self.job_id)
 
     class LabSlurmCluster(SLURMCluster):
-        """A ``SLURMCluster`` of the lab (see :func:`start_cluster`)."""
+        """A ``SLURMCluster`` of the lab (see :func:`start_cluster`); its dashboard is at ``dashboard_link``.
+
+        The dashboard's socket is in ``shared_temp_directory``, the private folder the session's server
+        looks in (:func:`cluster_options`).
+        """
 
         job_cls = LabSlurmJob
+
+        def __init__(self, *args: Any, shared_temp_directory: str, scheduler_options: dict | None = None,
+                     **kwargs: Any) -> None:
+            self.dashboard_id = secrets.token_hex(8)
+            if scheduler_options is None:
+                scheduler_options = dask.config.get("jobqueue.slurm.scheduler-options", default={})
+            socket = dashboard_socket(self.dashboard_id, Path(shared_temp_directory))
+            super().__init__(*args, shared_temp_directory=shared_temp_directory, scheduler_cls=LabScheduler,
+                             scheduler_options={**scheduler_options, "dashboard_socket": str(socket)}, **kwargs)
+
+        @property
+        def dashboard_link(self) -> str:
+            """The dashboard through the session's server: :func:`dashboard_link`."""
+            return dashboard_link(self.dashboard_id)
 
     return LabSlurmCluster
 
@@ -314,6 +399,7 @@ def start_cluster(size: str | None = None, minimum: int | None = None, maximum: 
     options = cluster_options(session_job(), dask.config.get("jobqueue.slurm.walltime"), home=Path.home())
     for folder in (options["log_directory"], options["shared_temp_directory"]):
         Path(folder).mkdir(mode=0o700, parents=True, exist_ok=True)
+        Path(folder).chmod(0o700)  # also a folder made earlier by someone or something else
     JOBS.install()
     cluster = cluster_class()(**{**options, **overrides})
     if scaling.adaptive:
