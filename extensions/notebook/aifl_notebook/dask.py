@@ -218,7 +218,7 @@ def cluster_options(job: SessionJob, default_walltime: str, *, home: Path,
 
 
 def private_folder(home: Path) -> Path:
-    """The user's private Dask folder: certificates, worker job scripts, dashboard sockets (mode 700)."""
+    """The user's private Dask folder (mode 700): the clusters' certificates and dashboard sockets."""
     return home / ".aifl" / "dask"
 
 
@@ -329,7 +329,7 @@ def cluster_class() -> type:
 
         @contextmanager
         def job_file(self) -> Iterator[str]:
-            """The job script as a new file of mode 600 in the job's log folder (not a guessable name in /tmp)."""
+            """The job script as a new file of mode 600 in the job's log folder, not a freed name in /tmp."""
             handle, name = tempfile.mkstemp(suffix=".sh", prefix=".job-", dir=self.log_directory)
             try:
                 with os.fdopen(handle, "w") as script:
