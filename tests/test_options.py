@@ -119,6 +119,7 @@ def _expected_directives(request: SessionRequest) -> set[str]:
             f"--time={request.hours}:00:00", "--nodes=1", "--ntasks=1", f"--cpus-per-task={request.cpus}",
             f"--mem={request.memory_gb}G", "--signal=B:USR1@600"} | (
         {f"--gres=gpu:h200:{request.gpus}"} if request.gpus else set()) | (
+        {f"--gres=shard:{request.shards}"} if request.shards else set()) | (
         {f"--reservation={request.reservation}"} if request.reservation else set())
 
 
@@ -143,6 +144,7 @@ def test_no_generated_input_outside_the_allowlist_is_accepted_or_reaches_the_scr
     override = profile["slurm_override"]
     assert (request.partition, request.gpus, request.cpus, request.memory_gb) == (
         override["partition"], override["gpus"], override["cpus"], override["memory_gb"])
+    assert request.shards == override.get("shards", 0)
     hours = profile["profile_options"]["hours"]["range"]
     assert hours["min"] <= request.hours <= hours["max"] <= override["hours"]
     assert request.environment == "default"
