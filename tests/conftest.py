@@ -15,6 +15,8 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path("/var/lib/aifl")
 BASE = "http://127.0.0.1:8000"
+# A developer running several test sessions against one lab keeps it up with AIFL_KEEP_RUNNING=1 or this file.
+KEEP_RUNNING = Path("/run/aifl/keep-running")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -56,7 +58,7 @@ def lab_system():
         up = lab("up")
         assert up.returncode == 0, f"./lab up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}"
     yield
-    if started_here and not os.environ.get("AIFL_KEEP_RUNNING"):
+    if started_here and not (os.environ.get("AIFL_KEEP_RUNNING") or KEEP_RUNNING.exists()):
         lab("down")
 
 
