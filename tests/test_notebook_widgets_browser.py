@@ -48,7 +48,7 @@ def test_session_panel_and_dask_widget_in_jupyterlab(hub, browser_user):  # noqa
         widget.get_by_role("button", name="Start workers").click(timeout=KERNEL_TIMEOUT_MS)
         expect(widget).to_contain_text("All 2 workers started.", timeout=120_000)
         link = widget.get_by_role("link", name=re.compile("Dashboard"))
-        assert re.search(rf"/user/{name}/proxy/\d+/status", link.get_attribute("href") or "")
+        assert re.search(rf"/user/{name}/aifl/dask/[0-9a-f]{{16}}/status", link.get_attribute("href") or "")
         page.screenshot(path=str(ARTIFACTS / "notebook-panel-and-dask.png"), full_page=True)
         workers = [j for j in slurm("squeue", "-h", "-u", name, "-o", "%i|%j").split() if "dask" in j]
         assert len(workers) == 2, workers
