@@ -7,6 +7,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -308,3 +309,69 @@ def test_no_user_can_put_anything_where_the_lab_lock_lives(lab_user):
     for attempt in (["mkfifo", fresh], ["ln", "-s", "/etc/shadow", fresh], ["touch", fresh]):
         refused = as_user(lab_user, attempt)
         assert refused.returncode != 0 and "Permission denied" in refused.stderr, (attempt, refused)
+
+
+# lab up's own writes as root in folders a service account owns (the hub's state folder, say): pure tests
+
+
+@pytest.fixture
+def root_file(tmp_path) -> Path:
+    victim = tmp_path / "root-only"
+    victim.write_text("ROOT-SECRET\n")
+    os.chmod(victim, 0o600)
+    return victim
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+def test_write_file_replaces_a_link_or_fifo_and_never_writes_through_it(tmp_path, root_file, kind):
+    from aifl_hub.procs import write_file
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    path = tmp_path / "owned-by-a-service" / "setting"
+    path.parent.mkdir()
+    {"symlink": lambda: path.symlink_to(root_file), "hardlink": lambda: os.link(root_file, path),
+     "fifo": lambda: os.mkfifo(path)}[kind]()
+    before = ownership(root_file)
+    # the same content: what is there must not count as the file (a FIFO opened for reading would block here)
+    changed = write_file(path, "ROOT-SECRET\n", mode=0o640, owner=me)
+    assert changed and path.read_text() == "ROOT-SECRET\n" and not path.is_symlink()
+    assert stat.S_ISREG(os.lstat(path).st_mode) and os.lstat(path).st_nlink == 1
+    assert ownership(path)[2] == 0o640
+    assert root_file.read_text() == "ROOT-SECRET\n" and ownership(root_file) == before
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+def test_a_daemon_log_is_never_opened_through_a_link_or_fifo(tmp_path, root_file, kind):
+    from aifl_hub.procs import LabError, protect_log
+
+    log = tmp_path / "hub.log"
+    {"symlink": lambda: log.symlink_to(root_file), "hardlink": lambda: os.link(root_file, log),
+     "fifo": lambda: os.mkfifo(log)}[kind]()
+    before = ownership(root_file)
+    with pytest.raises(LabError, match="is not a plain log file"):
+        protect_log(log)
+    assert root_file.read_text() == "ROOT-SECRET\n" and ownership(root_file) == before
+
+
+def test_a_daemon_log_is_for_root_and_the_daemons_group(tmp_path):
+    from aifl_hub.procs import protect_log
+
+    log = tmp_path / "proxy.log"
+    log.write_text("old lines\n")
+    os.chmod(log, 0o644)
+    me = pwd.getpwuid(os.getuid())
+    protect_log(log, me.pw_name)
+    assert ownership(log) == (0, me.pw_gid, 0o640) and log.read_text() == "old lines\n"
+
+
+def test_a_secret_is_never_read_through_a_link(tmp_path, root_file):
+    """The hub's account owns its state folder: a link there at a token's name must not hand root's file over."""
+    from aifl_hub.cli import _secret
+
+    token = tmp_path / "proxy-token"
+    token.symlink_to(root_file)
+    secret = _secret(token, pwd.getpwuid(os.getuid()).pw_name)
+    assert "ROOT-SECRET" not in secret and len(secret) == 64
+    assert token.read_text() == secret and not token.is_symlink() and ownership(token)[2] == 0o600
+    assert root_file.read_text() == "ROOT-SECRET\n"
+    assert _secret(token, pwd.getpwuid(os.getuid()).pw_name) == secret  # kept from then on

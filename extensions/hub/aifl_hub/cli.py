@@ -33,7 +33,18 @@ from pathlib import Path
 from . import cluster
 from .energy import status_path
 from .hubconfig import HUB_API_PORT, PROXY_API_PORT
-from .procs import LabError, Progress, pid_alive, protect_log, require_root, run, start_daemon, wait_ready, write_file
+from .procs import (
+    LabError,
+    Progress,
+    pid_alive,
+    protect_log,
+    read_own_file,
+    require_root,
+    run,
+    start_daemon,
+    wait_ready,
+    write_file,
+)
 from .site import Site, SiteError, load_site
 
 ETC = Path("/etc/aifl")
@@ -234,9 +245,12 @@ def _ensure_group(name: str) -> None:
 
 
 def _secret(path: Path, owner: str) -> str:
-    if not path.exists():
-        write_file(path, secrets.token_hex(32), mode=0o600, owner=owner)
-    return path.read_text().strip()
+    """The secret in ``path`` (a folder ``owner`` may write: never read through a link), made when missing."""
+    current = read_own_file(path)
+    if current is None:
+        current = secrets.token_hex(32)
+        write_file(path, current, mode=0o600, owner=owner)
+    return current.strip()
 
 
 def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:

@@ -71,6 +71,16 @@ def _own_regular_file(descriptor: int) -> bool:
     return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
 
 
+def read_own_file(path: Path) -> str | None:
+    """The text of ``path`` if it is a regular file with a single name (read without following a link), else None."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | SAFE_OPEN)
+    except OSError:
+        return None
+    with os.fdopen(descriptor, "rb") as current:
+        return current.read().decode() if _own_regular_file(descriptor) else None
+
+
 def open_log(log: Path, user: str | None = None) -> int:
     """Open a daemon's ``log`` for appending and make it root:<user's group> 0640 (root's group without ``user``).
 
