@@ -175,7 +175,7 @@ def pending_sign_ups() -> str:
 def test_nobody_signs_up_with_an_admins_name_in_any_variant(hub: Hub, users):
     admin, password = admin_credentials()
     _name, own_token = users()
-    before = {e.pw_name for e in pwd.getpwall()}
+    before = pwd.getpwnam(admin)
     for typed in (admin.upper(), admin.capitalize(), f" {admin}", f"{admin} ", f"\t{admin.upper()}"):
         with client(loopback()) as session:
             r = sign_up(session, typed, secrets.token_urlsafe(12), {"Accept-Language": "en"})
@@ -186,7 +186,9 @@ def test_nobody_signs_up_with_an_admins_name_in_any_variant(hub: Hub, users):
         r = sign_up(session, admin, secrets.token_urlsafe(12),
                     {"Accept-Language": "nl", "Authorization": f"token {own_token}"})
     assert r.status_code == 400 and "is gereserveerd voor de beheerders van het lab" in r.content.decode()
-    assert {e.pw_name for e in pwd.getpwall()} - before == set()  # no Unix account came of it
+    # No Unix account came of it, and the admin's is as it was.
+    assert [e.pw_name for e in pwd.getpwall() if e.pw_name.strip().casefold() == admin] == [admin]
+    assert pwd.getpwnam(admin) == before
     assert log_in(loopback(), admin, password).status_code == 302  # the admin's password is still theirs
 
 
@@ -329,3 +331,16 @@ def test_a_local_user_reaching_the_hub_port_directly_cannot_forge_the_proxys_hea
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [200] * 5 + [429] * 3  # five tries, then locked whatever the headers say
     assert log_in(loopback(), name, password).status_code == 302  # through the proxy, from elsewhere: fine
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["root", "umcg"], "is not a lab account"),
+    (["aifl-hub", "umcg"], "is not a lab account"),
+    (["ann", "lab"], "is not an organisation account"),  # the lab's default account is never taken away
+    (["ann", "root"], "is not an organisation account"),
+    (["ann;id", "umcg"], "usage"),
+    (["ann"], "usage"),
+])
+def test_the_revoke_helper_refuses_anything_but_a_lab_user_and_an_organisation(lab_system, argv, words):
+    done = subprocess.run(["/usr/local/sbin/aifl-org-revoke", *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and words in done.stderr, done

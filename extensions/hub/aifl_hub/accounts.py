@@ -260,7 +260,8 @@ class LabLoginHandler(NativeLoginHandler):
     statsd = _NoStatsd()
     aifl_wait = 0  # seconds, set by the authenticator when it refused to check the password
 
-    def _render(self, login_error: str | None = None, username: str | None = None) -> Any:
+    def _render(self, login_error: str | None = None, username: str | None = None, **_error_page: Any) -> Any:
+        # (JupyterHub renders a failed form submission's error page through here, with the error page's namespace)
         if self.aifl_wait:
             self.set_status(429)
             login_error = gettext_for(request_language(self))(TOO_MANY_FAILURES).format(seconds=self.aifl_wait)
