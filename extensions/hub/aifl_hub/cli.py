@@ -413,7 +413,8 @@ def ensure_admin(site: Site, progress: Progress) -> None:
     base = f"http://{site['hub']['ip']}:{site['hub']['port']}/hub"
     write_file(CREDENTIALS, f"user: {name}\npassword: {password}\n", mode=0o600)
     # Only the lab's own service token (or an admin) may sign up an admin's name.
-    service = {"Authorization": f"token {(Path(site['hub']['state_dir']) / 'lab-service-token').read_text().strip()}"}
+    token = _secret(Path(site["hub"]["state_dir"]) / "lab-service-token", site["hub"]["service_user"])
+    service = {"Authorization": f"token {token}"}
     with requests.Session() as http:
         http.get(f"{base}/signup", timeout=10)
         xsrf = http.cookies.get("_xsrf", "")
