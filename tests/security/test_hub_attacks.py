@@ -186,6 +186,12 @@ def test_nobody_signs_up_with_an_admins_name_in_any_variant(hub: Hub, users):
         r = sign_up(session, admin, secrets.token_urlsafe(12),
                     {"Accept-Language": "nl", "Authorization": f"token {own_token}"})
     assert r.status_code == 400 and "is gereserveerd voor de beheerders van het lab" in r.content.decode()
+    # The lab's own service token (what `lab up` signs the first admin up with) passes this check; the
+    # admin exists already, so NativeAuthenticator then says the name is taken.
+    with client(loopback()) as session:
+        r = sign_up(session, admin, secrets.token_urlsafe(12),
+                    {"Accept-Language": "en", "Authorization": f"token {hub.token}"})
+    assert r.status_code == 200 and "username is already in use" in r.text, r.text[-800:]
     # No Unix account came of it, and the admin's is as it was.
     assert [e.pw_name for e in pwd.getpwall() if e.pw_name.strip().casefold() == admin] == [admin]
     assert pwd.getpwnam(admin) == before
