@@ -134,6 +134,30 @@ def test_mkuser_survives_a_folder_swapped_during_the_call(users, target):
     assert unchanged(under(target)) == before
 
 
+@pytest.mark.parametrize("change", ["root's", "link"])
+def test_mkuser_refuses_a_home_that_is_not_the_users_folder(users, change):
+    """Not something a user can do (/home is root's), but the helper must not work in such a home either."""
+    name, _ = users()
+    home, real = Path(f"/home/{name}"), Path(f"/home/{name}.real")
+    shell_as(name, "rm -rf ~/.aifl", check=True)
+    if change == "link":
+        home.rename(real)
+        home.symlink_to(real)
+    else:
+        os.chown(home, 0, 0)
+    try:
+        done = mkuser(name, ORG)
+        assert done.returncode == 2, done
+        assert ("is a link or not a folder" if change == "link" else "does not belong to") in done.stderr
+        assert not (real if change == "link" else home).joinpath(".aifl").exists()
+    finally:
+        if change == "link":
+            home.unlink()
+            real.rename(home)
+        else:
+            shutil.chown(home, name, name)
+
+
 def test_mkuser_makes_the_log_folder_as_the_user(users):
     name, _ = users()
     shell_as(name, "rm -rf ~/.aifl", check=True)
