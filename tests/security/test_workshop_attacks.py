@@ -18,6 +18,7 @@ import json
 import re
 import secrets
 import subprocess
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -205,6 +206,22 @@ def test_the_join_limiter_counts_wrong_codes_per_address_and_overall():
 
 # ---------------------------------------------------------------- on the running lab
 
+def create_workshop(hub, token: str, body: dict) -> dict:
+    """Create a workshop; while other tests hold the CPU node Slurm cannot reserve it, so wait a little."""
+    deadline = time.monotonic() + 300
+    while True:
+        r = hub.api("POST", "/workshops", token=token, json=body, headers={"Accept-Language": "en"})
+        if r.status_code == 201 or "busy" not in r.text or time.monotonic() > deadline:
+            assert r.status_code == 201, r.text
+            return r.json()
+        time.sleep(10)
+
+
+def start_seat(hub, name: str, token: str) -> None:
+    """Start ``name``'s session with the workshop's profile, as their spawn page does (their own token)."""
+    assert hub.api("POST", f"/users/{name}/server", token=token, json={"profile": PROFILE}).status_code in (201, 202)
+
+
 def token_for(hub, name: str) -> str:
     r = hub.api("POST", f"/users/{name}/tokens", json={"expires_in": 1800})
     assert r.status_code == 201, r.text
@@ -230,10 +247,7 @@ def test_collect_and_push_carry_no_trust_skip_odd_files_and_stay_in_the_workshop
     # The member's own folder that happens to carry the title of the workshop they are about to join.
     assert shell_as(member, "mkdir -p ~/batch-runs && echo '{\"nbformat\": 4, \"nbformat_minor\": 5, "
                             "\"metadata\": {}, \"cells\": []}' > ~/batch-runs/private.ipynb").returncode == 0
-    r = hub.api("POST", "/workshops", token=token, json={"title": "Batch runs", **window(), "seats": 2,
-                                                         "profile": PROFILE})
-    assert r.status_code == 201, r.text
-    workshop = r.json()
+    workshop = create_workshop(hub, token, {"title": "Batch runs", **window(), "seats": 2, "profile": PROFILE})
     folder, wid = workshop["folder"], workshop["id"]
     try:
         assert folder == f"batch-runs-{wid}"
@@ -243,7 +257,7 @@ def test_collect_and_push_carry_no_trust_skip_odd_files_and_stay_in_the_workshop
         session.get(BASE + answer.headers["Location"], timeout=60)
         joined = join_own(member_session, workshop["code"])
         assert joined.status_code == 303, joined.text[-300:]
-        member_session.get(BASE + joined.headers["Location"], timeout=60)
+        start_seat(hub, member, member_token)
         assert hub.api("POST", f"/users/{trainer_name}/server", token=token,
                        json={"profile": "cpu-small"}).status_code in (201, 202)
         for name in (ada, member, trainer_name):
@@ -322,17 +336,22 @@ def _notary_trusts(name: str, path: Path) -> str:
     return done.stdout.strip()
 
 
+def expiry(name: str) -> str:
+    """The account expiry field of ``name``'s shadow entry ("" when it never expires)."""
+    return subprocess.run(["getent", "shadow", name], capture_output=True, text=True, check=True).stdout.split(":")[7]
+
+
 def sbatch_as(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     return as_user(name, ["sbatch", "--parsable", "-o", "/dev/null", *args, "--wrap", "sleep 300"])
 
 
 def test_no_right_outlives_the_workshop(hub, users):
     token, _ = logged_in_trainer(hub, users, "trr")
-    member, _, member_session = users.with_login("wmr", org="umcg")
-    r = hub.api("POST", "/workshops", token=token, json={"title": "Short lived", **window(), "seats": 2,
-                                                         "profile": PROFILE})
-    assert r.status_code == 201, r.text
-    workshop = r.json()
+    member, member_token, member_session = users.with_login("wmr", org="umcg")
+    default = slurm("sacctmgr", "-nP", "show", "user", member, "format=defaultaccount").strip()
+    # A window two days ahead: its seats wait for it, but joining gives the rights at once.
+    workshop = create_workshop(hub, token, {"title": "Short lived", **window(timedelta(days=2)), "seats": 2,
+                                            "profile": PROFILE})
     held: list[str] = []
     try:
         _, answer = join(workshop["code"], "Ada")
@@ -340,8 +359,13 @@ def test_no_right_outlives_the_workshop(hub, users):
         ada = re.search(r"/hub/spawn/([a-z0-9-]+)\?", answer.headers["Location"]).group(1)
         joined = join_own(member_session, workshop["code"])
         assert joined.status_code == 303
-        member_session.get(BASE + joined.headers["Location"], timeout=60)  # the seat's session starts
-        hub.wait_ready(member, timeout=240)
+        start_seat(hub, member, member_token)
+        deadline = time.monotonic() + 120  # its start gives the member the workshop's account, as it does
+        while "expertise-centre" not in slurm("sacctmgr", "-nP", "show", "assoc", f"user={member}",
+                                              "format=account").split():
+            assert time.monotonic() < deadline, "the seat's start gave no association"
+            time.sleep(1)
+        assert expiry(ada) == ""
         # During the workshop both may work under its account (a job that waits, to be left behind).
         for name in (ada, member):
             submitted = sbatch_as(name, "--account=expertise-centre", "--hold")
@@ -356,8 +380,7 @@ def test_no_right_outlives_the_workshop(hub, users):
         # The temporary account: locked and expired, no jobs, no association; its files stay.
         assert subprocess.run(["passwd", "-S", ada], capture_output=True, text=True,
                               check=True).stdout.split()[1] == "L"
-        assert subprocess.run(["getent", "shadow", ada], capture_output=True, text=True,
-                              check=True).stdout.split(":")[7] == "1"  # expired since 2 January 1970
+        assert expiry(ada) == "1"  # expired since 2 January 1970: no way in, not even with a key
         assert slurm("squeue", "-h", "-u", ada, "-o", "%i").strip() == ""
         assert slurm("sacctmgr", "-nP", "show", "assoc", f"user={ada}", "format=account").strip() == ""
         assert sbatch_as(ada, "--hold").returncode != 0
@@ -369,7 +392,7 @@ def test_no_right_outlives_the_workshop(hub, users):
         own = sbatch_as(member, "--hold")
         assert own.returncode == 0, own.stderr
         held.append(own.stdout.strip().split(";")[0])
-        assert slurm("sacctmgr", "-nP", "show", "user", member, "format=defaultaccount").strip() == "umcg"
+        assert slurm("sacctmgr", "-nP", "show", "user", member, "format=defaultaccount").strip() == default
     finally:
         for job in held:
             subprocess.run(["scancel", job], capture_output=True, check=False)
@@ -378,13 +401,14 @@ def test_no_right_outlives_the_workshop(hub, users):
 
 def test_the_revoke_helper_refuses_what_is_not_a_workshop_s(lab_system, users):
     name, _ = users("rv")
+    before = slurm("sacctmgr", "-nP", "show", "assoc", f"user={name}", "format=account")
     for args in (["member", "root", "expertise-centre"], ["member", name, "umcg"], ["member", "../x", "lab"],
                  ["temporary", name], ["temporary", "root"], ["temporary", "ws-x", "extra"], ["lock", name], [],
                  ["member", "daemon", "expertise-centre"]):
         done = subprocess.run([REVOKE, *args], capture_output=True, text=True, check=False, timeout=60)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
-    assert subprocess.run(["passwd", "-S", name], capture_output=True, text=True, check=True).stdout.split()[1] != "L"
-    assert "umcg" in slurm("sacctmgr", "-nP", "show", "assoc", f"user={name}", "format=account").split()
+    assert expiry(name) == ""  # not expired: nothing was done to the account
+    assert slurm("sacctmgr", "-nP", "show", "assoc", f"user={name}", "format=account") == before
     # The hub's account may run it as root, and only through sudo's rule.
     listed = subprocess.run(["sudo", "-l", "-U", "aifl-hub"], capture_output=True, text=True, check=True).stdout
     assert REVOKE in listed
@@ -411,7 +435,8 @@ def client_at(address: str) -> requests.Session:
 
 def try_code(session: requests.Session, code: str, headers: dict[str, str] | None = None,
              display_name: str = "Someone") -> requests.Response:
-    page = session.get(f"{BASE}/hub/join", params={"code": code}, timeout=30)
+    """The join form, then the code (``headers`` on both: the hub's XSRF token of a visitor hangs on its address)."""
+    page = session.get(f"{BASE}/hub/join", params={"code": code}, headers=headers, timeout=30)
     xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)
     return session.post(f"{BASE}/hub/join", data={"code": code, "display_name": display_name, "_xsrf": xsrf},
                         headers={"Accept-Language": "en", **(headers or {})}, timeout=120, allow_redirects=False)
@@ -421,10 +446,8 @@ def test_rotating_forwarding_headers_does_not_escape_the_join_limit_and_the_clas
     token, _ = logged_in_trainer(hub, users, "trj")
     address = f"127.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
     attacker, classmate = client_at(address), client_at(address)
-    r = hub.api("POST", "/workshops", token=token, json={"title": "Behind one address", **window(), "seats": 2,
-                                                         "profile": PROFILE})
-    assert r.status_code == 201, r.text
-    workshop = r.json()
+    workshop = create_workshop(hub, token, {"title": "Behind one address", **window(timedelta(days=2)), "seats": 2,
+                                            "profile": PROFILE})
     try:
         statuses = []
         for n in range(24):
