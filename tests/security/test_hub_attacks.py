@@ -23,19 +23,24 @@ import pytest
 import requests
 from aifl_hub.accounts import (
     ADMIN_NAME,
+    PROVIDER_NAME_RESERVED,
     SYSTEM_NAME,
     USED_NAME,
     WORKSHOP_NAME,
+    LabOAuthenticator,
     LoginThrottle,
     client_address,
     signup_refusal,
     socket_owner,
 )
+from aifl_hub.site import load_site
 from attacker import as_user
 from conftest import BASE, Hub, browser_session, remove_account, slurm
 from requests.adapters import HTTPAdapter
+from tornado.web import HTTPError
 
 CREDENTIALS = Path("/etc/aifl/admin-credentials")
+SITE_FILE = Path(__file__).resolve().parents[2] / "hub_config" / "site.yaml"
 ADMIN_WORDS = "is reserved for the lab&#39;s administrators"
 LOCKED_WORDS = "Too many failed logins. Try again in"
 
@@ -350,3 +355,15 @@ def test_a_local_user_reaching_the_hub_port_directly_cannot_forge_the_proxys_hea
 def test_the_revoke_helper_refuses_anything_but_a_lab_user_and_an_organisation(lab_system, argv, words):
     done = subprocess.run(["/usr/local/sbin/aifl-org-revoke", *argv], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and words in done.stderr, done
+
+
+@pytest.mark.parametrize("name", ["ws-ab12cd-01", "daemon", "aifl-hub"])
+def test_a_login_providers_name_of_a_temporary_or_system_account_cannot_log_in(tmp_path, name):
+    site = load_site(SITE_FILE)
+    site["hub"]["state_dir"] = str(tmp_path)
+    authenticator = LabOAuthenticator(site_file=str(SITE_FILE))
+    authenticator.site = site
+    with pytest.raises(HTTPError) as refused:
+        authenticator.check_blocked_users(name)
+    assert refused.value.status_code == 403 and refused.value.log_message == PROVIDER_NAME_RESERVED
+    assert authenticator.check_blocked_users(f"ann{secrets.token_hex(3)}") is True

@@ -7,9 +7,9 @@ Sign-up refuses, with a message saying why, the names of the hub's administrator
 service or an administrator may sign them up: nobody can take ``admin`` before ``lab up`` does), the
 names of workshops' temporary accounts (``ws-…``), names used before (a Unix account of the lab's
 group, a hub user, or a name the hub once gave an account: a newcomer never inherits a former user's
-home) and system accounts. Failed logins are counted per (name, address) and per address, in a bounded
-table (:class:`LoginThrottle`); the address is the one the trusted proxy saw (:func:`client_address`),
-never a header the client chose.
+home) and system accounts; with an OIDC provider, a workshop's or a system account's name cannot log
+in. Failed logins are counted per (name, address) and per address, in a bounded table (:class:`LoginThrottle`);
+the address is the one the trusted proxy saw (:func:`client_address`), never a header the client chose.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ WORKSHOP_NAME = N_("Names beginning with ws- are reserved for the temporary acco
                    "choose another name.")
 USED_NAME = N_("The name {name} was used before in this lab; choose another name.")
 SYSTEM_NAME = N_("The name {name} belongs to a system account of this computer; choose another name.")
+PROVIDER_NAME_RESERVED = N_("The name your login provider gives you is reserved in this lab (for the temporary "
+                            "accounts of workshops or the computer's own accounts); ask the lab's helpdesk.")
 TOO_MANY_FAILURES = N_("Too many failed logins. Try again in {seconds} seconds.")
 
 
@@ -421,6 +423,16 @@ class LabOAuthenticator(SiteMixin, LocalAccountsMixin, GenericOAuthenticator):
     organisation_claim = Unicode(
         "", help="The userinfo claim naming the person's organisation (empty: people are placed by an admin).",
     ).tag(config=True)
+
+    def check_blocked_users(self, username: str, authentication: dict | None = None) -> Any:
+        """Refuse (HTTP 403, saying why) a provider's name of a workshop's temporary account or a system account."""
+        site = self.site
+        entry = unix_account(username) if self.create_local_accounts else None
+        if username.startswith(TEMPORARY_PREFIX) or (
+                entry is not None and not (site and in_group(entry, site["users"]["group"]))):
+            self.log.warning("Login as %r refused: the name is reserved", username)
+            raise web.HTTPError(403, PROVIDER_NAME_RESERVED)
+        return super().check_blocked_users(username, authentication)
 
     def _username(self, auth_state: dict) -> str:
         return self.normalize_username(self.user_info_to_username(auth_state.get(self.user_auth_state_key) or {}))
