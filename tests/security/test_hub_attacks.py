@@ -290,7 +290,13 @@ def test_a_link_only_fills_in_the_spawn_form_and_a_post_with_the_xsrf_token_star
     r = browser.post(f"{BASE}/hub/spawn", timeout=60, allow_redirects=False,
                      data={"profile": "cpu-small", "_xsrf": browser.cookies.get("_xsrf", "")})
     assert r.status_code in (302, 303), r.text[-500:]
-    hub.wait_ready(name, timeout=180)
+    # The session starts: the hub has it and its job is in Slurm (running or waiting for a free place).
+    server = hub.server(name)
+    assert server is not None and (server["ready"] or server["pending"] == "spawn"), server
+    deadline = time.monotonic() + 60
+    while no_jobs(name):
+        assert time.monotonic() < deadline, f"no Slurm job of {name} after the form's POST: {hub.server(name)}"
+        time.sleep(0.5)
 
 
 def submit(name: str, *account: str) -> subprocess.CompletedProcess[str]:
