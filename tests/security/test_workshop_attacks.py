@@ -251,10 +251,11 @@ def test_collect_and_push_carry_no_trust_skip_odd_files_and_stay_in_the_workshop
     folder, wid = workshop["folder"], workshop["id"]
     try:
         assert folder == f"batch-runs-{wid}"
-        session, answer = join(workshop["code"], "Ada")
+        _, answer = join(workshop["code"], "Ada")
         assert answer.status_code == 303, answer.text[-300:]
         ada = re.search(r"/hub/spawn/([a-z0-9-]+)\?", answer.headers["Location"]).group(1)
-        session.get(BASE + answer.headers["Location"], timeout=60)
+        ada_token = token_for(hub, ada)
+        start_seat(hub, ada, ada_token)
         joined = join_own(member_session, workshop["code"])
         assert joined.status_code == 303, joined.text[-300:]
         start_seat(hub, member, member_token)
@@ -262,7 +263,6 @@ def test_collect_and_push_carry_no_trust_skip_odd_files_and_stay_in_the_workshop
                        json={"profile": "cpu-small"}).status_code in (201, 202)
         for name in (ada, member, trainer_name):
             hub.wait_ready(name, timeout=240)
-        ada_token = token_for(hub, ada)
 
         # Ada's notebook with a script output, signed as trusted by her own server.
         assert server_api(ada, ada_token, "PUT", f"contents/{folder}", json={"type": "directory"}).status_code in (
@@ -299,7 +299,7 @@ def test_collect_and_push_carry_no_trust_skip_odd_files_and_stay_in_the_workshop
         assert sorted(outcome["skipped"]) == sorted(f"{ada}/{name}" for name in (
             "broken.ipynb", "words.ipynb", "list.ipynb", "l" * 79 + "…")), outcome
         mine = Path(f"/home/{trainer_name}/collected-{folder}")
-        assert sorted(p.name for p in (mine / ada).iterdir()) == ["evil.ipynb", "good.ipynb"]
+        assert sorted(p.name for p in (mine / ada).glob("*.ipynb")) == ["evil.ipynb", "good.ipynb"]
         assert not list(Path(f"/home/{trainer_name}").rglob("private.ipynb"))
         copy = server_api(trainer_name, token, "GET", f"contents/collected-{folder}/{ada}/evil.ipynb")
         assert copy.status_code == 200 and code_trust(copy.json()) == [False]
@@ -312,8 +312,8 @@ def test_collect_and_push_carry_no_trust_skip_odd_files_and_stay_in_the_workshop
         assert page.status_code == 200 and "Skipped, because they are not notebooks" in page.text
 
         # Push: the trainer's trusted notebook lands untrusted in every participant's server.
-        lesson = server_api(trainer_name, token, "PUT", "contents/lesson.ipynb",
-                            json={"type": "notebook", "format": "json", "content": scripted(trusted=True)})
+        lesson = server_api(trainer_name, token, "PUT", "contents/lesson.ipynb", json={
+            "type": "notebook", "format": "json", "content": scripted(trusted=True, text="The lesson")})
         assert lesson.status_code in (200, 201), lesson.text
         assert code_trust(server_api(trainer_name, token, "GET", "contents/lesson.ipynb").json()) == [True]
         pushed = hub.api("POST", f"/workshops/{wid}/push", token=token, json={"path": "lesson.ipynb"})
