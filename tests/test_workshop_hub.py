@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -56,6 +57,18 @@ def join(code: str, display_name: str) -> tuple[requests.Session, requests.Respo
     answer = session.post(f"{BASE}/hub/join", data={"code": code, "display_name": display_name, "_xsrf": xsrf},
                           headers={"Accept-Language": "en"}, timeout=120, allow_redirects=False)
     return session, answer
+
+
+def start_session(session: requests.Session, location: str, timeout: float = 60) -> None:
+    """Where joining sends a participant: the spawn form with the workshop's profile filled in, and its Start
+    (a link only fills in the form; the form's POST starts the session)."""
+    page = session.get(BASE + location, timeout=timeout)
+    assert page.status_code == 200, page.text[-300:]
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)
+    profile = parse_qs(urlsplit(location).query)["profile"][0]
+    started = session.post(BASE + urlsplit(location).path, data={"_xsrf": xsrf, "profile": profile},
+                           timeout=timeout, allow_redirects=False)
+    assert started.status_code in (302, 303), started.text[-300:]
 
 
 def cleanup_workshop(hub, token: str, workshop: dict) -> None:
@@ -150,7 +163,7 @@ def _run_workshop(hub, token: str, workshop: dict, users) -> None:
         session, answer = join(workshop["code"].lower(), person)  # a code typed in lower case is fine
         assert answer.status_code == 303, answer.text[-500:]
         user = re.search(r"/hub/spawn/([a-z0-9-]+)\?profile=" + PROFILE, answer.headers["Location"]).group(1)
-        assert session.get(BASE + answer.headers["Location"], timeout=60).status_code == 200
+        start_session(session, answer.headers["Location"])
         joined[user] = session
     for user in joined:
         hub.wait_ready(user, timeout=180)
@@ -267,7 +280,7 @@ def test_a_full_class_joins_and_starts_at_the_same_moment(hub, trainer):
             answer = session.post(f"{BASE}/hub/join", data={"code": workshop["code"], "display_name": f"P {n}",
                                                             "_xsrf": xsrf}, timeout=300, allow_redirects=False)
             assert answer.status_code == 303, answer.text[-300:]
-            assert session.get(BASE + answer.headers["Location"], timeout=300).status_code == 200
+            start_session(session, answer.headers["Location"], timeout=300)
             return answer.headers["Location"].split("/hub/spawn/")[1].split("?")[0]
 
         with ThreadPoolExecutor(seats) as pool:
@@ -351,7 +364,7 @@ def test_push_reaches_running_seats_without_overwriting_and_collect_gathers_the_
         people = []
         for person in ("Ada", "Grace"):
             session, answer = join(workshop["code"], person)
-            session.get(BASE + answer.headers["Location"], timeout=60)
+            start_session(session, answer.headers["Location"])
             people.append(answer.headers["Location"].split("/hub/spawn/")[1].split("?")[0])
         assert hub.api("POST", f"/users/{name}/server", token=token, json={"profile": "cpu-small"}).status_code in (
             201, 202)
