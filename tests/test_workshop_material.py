@@ -206,7 +206,9 @@ def test_a_participant_finds_the_trainers_own_notebooks_in_their_home(hub, train
         assert stat.S_IMODE((stored / "lesson.ipynb").stat().st_mode) == 0o644
         assert stored.owner() == "aifl-hub"
         view = session.get(f"{BASE}/hub/workshops/{workshop['id']}", headers={"Accept-Language": "en"}, timeout=30)
-        assert "Your own notebooks: 1" in view.text and "~/own-material" in view.text
+        folder = workshop["folder"]
+        assert folder == f"own-material-{workshop['id']}"
+        assert "Your own notebooks: 1" in view.text and f"~/{folder}" in view.text
 
         _, answer = join(workshop["code"], "Ada")
         assert answer.status_code == 303, answer.text[-500:]
@@ -215,11 +217,11 @@ def test_a_participant_finds_the_trainers_own_notebooks_in_their_home(hub, train
         hub.wait_ready(user, timeout=180)
         user_token = hub.api("POST", f"/users/{user}/tokens", json={"expires_in": 600}).json()["token"]
         headers = {"Authorization": f"token {user_token}"}
-        got = requests.get(f"{BASE}/user/{user}/api/contents/own-material/lesson.ipynb", headers=headers, timeout=30)
+        got = requests.get(f"{BASE}/user/{user}/api/contents/{folder}/lesson.ipynb", headers=headers, timeout=30)
         assert got.status_code == 200, got.text
         assert got.json()["type"] == "notebook"
         assert got.json()["content"]["cells"][1]["source"] == "answer = 42"
-        data = requests.get(f"{BASE}/user/{user}/api/contents/own-material/prices.csv", headers=headers, timeout=30)
+        data = requests.get(f"{BASE}/user/{user}/api/contents/{folder}/prices.csv", headers=headers, timeout=30)
         assert data.json()["content"] == "day,price\n1,3\n"
     finally:
         end_and_remove(hub, token, workshop["id"])
