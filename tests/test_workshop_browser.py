@@ -75,10 +75,14 @@ def test_trainer_creates_a_workshop_and_a_participant_joins_by_the_link(
         expect(joining.locator("#ws-join-code")).to_have_value(code)
         joining.fill("#ws-join-name", "Ada Lovelace")
         joining.click("#ws-join")
+        # Joining fills in the spawn form with the workshop's profile; the participant starts it.
+        joining.wait_for_url(re.compile(r"/hub/spawn/ws-[a-z0-9]{6}-\d\d\?profile="), timeout=LAB_TIMEOUT_MS)
+        joining.click("#spawn_form [type=submit]")
         joining.wait_for_url(re.compile(r"/user/ws-[a-z0-9]{6}-\d\d/lab"), timeout=LAB_TIMEOUT_MS)
         participant = re.search(r"/user/(ws-[a-z0-9]{6}-\d\d)/", joining.url).group(1)
         expect(joining.locator("#jp-main-dock-panel")).to_be_visible(timeout=LAB_TIMEOUT_MS)
-        expect(joining.get_by_text("browser-class", exact=True).first).to_be_visible(timeout=LAB_TIMEOUT_MS)
+        folder = joining.get_by_text(f"browser-class-{workshop_id}", exact=True).first
+        expect(folder).to_be_visible(timeout=LAB_TIMEOUT_MS)
         shot(joining, "workshop-participant")
 
         page.reload()
