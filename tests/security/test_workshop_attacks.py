@@ -26,13 +26,8 @@ from types import SimpleNamespace
 import nbformat
 import pytest
 import requests
-from aifl_hub.workshop_handlers import (
-    JoinLimiter,
-    WorkshopMixin,
-    client_address,
-    notebook_name_ok,
-    untrusted,
-)
+from aifl_hub.accounts import client_address
+from aifl_hub.workshop_handlers import JoinLimiter, WorkshopMixin, notebook_name_ok, untrusted
 from aifl_hub.workshops import Participant, Workshop, WorkshopStore, folder_name
 from attacker import as_user, shell_as
 from conftest import BASE, slurm

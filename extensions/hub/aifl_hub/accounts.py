@@ -131,26 +131,42 @@ def socket_owner(ip: str, port: int) -> int | None:
     return None
 
 
-def client_address(request: httputil.HTTPServerRequest, trusted_proxies: Iterable[str],
+TRUSTED_PROXIES = ("127.0.0.1", "::1")  # the lab's own proxy, on this host
+
+
+def client_address(request: httputil.HTTPServerRequest, trusted_proxies: Iterable[str] = TRUSTED_PROXIES,
                    proxy_uid: int | None = None) -> str:
     """The address of the client: the last ``X-Forwarded-For`` entry when the peer is the trusted proxy, else the peer.
 
     The trusted proxy (configurable-http-proxy) appends the peer it saw to ``X-Forwarded-For``; entries
-    before it and ``X-Real-IP`` come from the client and are never believed. On this host's loopback the
-    proxy is also told apart from other local programs that reach the hub's port directly (a lab user's
-    job): its end of the connection belongs to ``proxy_uid`` (the hub's own service account).
+    before it and ``X-Real-IP`` come from the client and are never believed (the hub's server reads
+    them into ``remote_ip``). On this host's loopback the proxy is also told apart from other local
+    programs that reach the hub's port directly (a lab user's job): its end of the connection belongs to
+    ``proxy_uid`` (the hub's own service account). IPv4 in IPv6 is written as IPv4.
     """
     address = getattr(getattr(request.connection, "context", None), "address", None)
     peer, port = (address[0], address[1]) if isinstance(address, tuple) and len(address) >= 2 else ("", 0)
+    peer = _plain_ip(peer) or str(peer)
     forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",") if part.strip()]
-    if not forwarded:
+    appended = _plain_ip(forwarded[-1]) if forwarded else ""
+    if not appended:
         return peer or "local"
-    if peer and peer not in set(trusted_proxies):
+    if peer and peer not in {_plain_ip(p) or p for p in trusted_proxies}:
         return peer
     if peer and proxy_uid is not None and ipaddress.ip_address(peer).is_loopback \
             and socket_owner(peer, port) != proxy_uid:
         return peer
-    return forwarded[-1]
+    return appended
+
+
+def _plain_ip(text: object) -> str:
+    """``text`` as an IP address (IPv4 in IPv6 as IPv4), or "" when it is none."""
+    try:
+        ip = ipaddress.ip_address(str(text).strip())
+    except ValueError:
+        return ""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
 
 
 class LoginThrottle:
@@ -359,7 +375,7 @@ class LabNativeAuthenticator(SiteMixin, LocalAccountsMixin, NativeAuthenticator)
     ).tag(config=True)
 
     trusted_proxy_ips = List(
-        Unicode(), ["127.0.0.1", "::1", "::ffff:127.0.0.1"],
+        Unicode(), list(TRUSTED_PROXIES),
         help="Peers whose last X-Forwarded-For entry is the client's address (the lab's own proxy).",
     ).tag(config=True)
 

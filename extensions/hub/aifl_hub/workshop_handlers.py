@@ -35,8 +35,8 @@ Join codes are limited by the address the proxy saw (:func:`client_address`), pe
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
+import os
 import time
 import unicodedata
 from collections import OrderedDict, deque
@@ -54,9 +54,9 @@ from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from tornado.httputil import HTTPServerRequest
 from tornado.iostream import StreamClosedError
 
+from .accounts import TRUSTED_PROXIES, client_address
 from .i18n import gettext_for
 from .options import profiles_by_slug, text
 from .pages import request_language
@@ -115,10 +115,6 @@ JOIN_WINDOW = 60.0
 # heard at all (so many addresses do not guess faster than a few), and addresses remembered at most.
 JOIN_FAILURES_OVERALL = 200
 JOIN_ADDRESSES_MAX = 10_000
-# The web proxy in front of the hub (configurable-http-proxy, on this host): it appends the address of
-# whoever connected to it to X-Forwarded-For. What a client wrote into that header itself, and X-Real-IP,
-# is never believed.
-TRUSTED_PROXIES = frozenset({"127.0.0.1", "::1"})
 # Collect and push: what is copied between servers, and how long one seat may take.
 COPY_MAX_BYTES = 20 * MB
 COPY_NOTEBOOKS_MAX = 200
@@ -875,30 +871,6 @@ class MyWorkZip(WorkshopMixin, BaseHandler):
         self.finish()
 
 
-def client_address(request: HTTPServerRequest) -> str:
-    """Who sent ``request``: the peer of its connection, or, when that is the proxy, the address it appended.
-
-    The hub's server reads ``X-Real-IP`` and ``X-Forwarded-For`` into ``remote_ip`` (``xheaders``), and
-    both can be written by the client; only the last ``X-Forwarded-For`` entry comes from the proxy.
-    """
-    address = getattr(request.connection.context, "address", None) if request.connection else None
-    peer = _plain_ip(address[0]) if isinstance(address, tuple) and address else ""
-    if peer in TRUSTED_PROXIES:
-        appended = _plain_ip(request.headers.get("X-Forwarded-For", "").split(",")[-1])
-        return appended or peer
-    return peer or "unknown"
-
-
-def _plain_ip(text: Any) -> str:
-    """``text`` as an IP address (IPv4 in IPv6 as IPv4), or "" when it is none."""
-    try:
-        ip = ipaddress.ip_address(str(text).strip())
-    except ValueError:
-        return ""
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return str(mapped or ip)
-
-
 class JoinLimiter:
     """Wrong join codes counted per address and overall, in a sliding window (bounded memory).
 
@@ -962,7 +934,9 @@ class JoinPage(WorkshopMixin, BaseHandler):
         _ = gettext_for(self.lang)
         code = self.get_body_argument("code", "", strip=True)
         display_name = self.get_body_argument("display_name", "", strip=True)
-        address, now = client_address(self.request), time.monotonic()
+        address = client_address(self.request, getattr(self.authenticator, "trusted_proxy_ips", TRUSTED_PROXIES),
+                                 os.getuid())
+        now = time.monotonic()
         too_many = _("Too many attempts with a wrong code. Please wait a minute, then check the code with your "
                      "trainer.")
         if not _join_limiter.heard(address, now):
