@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 from spawn_latency import (
@@ -160,7 +161,13 @@ def ours(main: Hub, trainer_token: str, profile: str, seats: int, timeout: float
             name = answer.headers["Location"].split("/hub/spawn/")[1].split("?")[0]
             with lock:
                 names[key], started[name] = name, t0
-            session.get(MAIN_PUBLIC + answer.headers["Location"], timeout=timeout)
+            # Joining shows the spawn form with the workshop's profile filled in; the participant presses Start.
+            location = answer.headers["Location"]
+            page = session.get(MAIN_PUBLIC + location, timeout=timeout)
+            xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)
+            profile = parse_qs(urlsplit(location).query)["profile"][0]
+            session.post(MAIN_PUBLIC + urlsplit(location).path, data={"_xsrf": xsrf, "profile": profile},
+                         timeout=timeout, allow_redirects=False)
         except requests.RequestException as exc:
             samples[key].error = f"join: {exc}"
 
