@@ -31,6 +31,7 @@ def test_gpu_session_script():
         "#SBATCH --time=3:00:00",
         "#SBATCH --nodes=1",
         "#SBATCH --ntasks=1",
+        "#SBATCH --no-requeue",
         "#SBATCH --cpus-per-task=16",
         "#SBATCH --mem=120G",
         "#SBATCH --gres=gpu:h200:1",

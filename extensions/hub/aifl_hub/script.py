@@ -92,6 +92,9 @@ def build_script(request: SessionRequest, job: JobSpec) -> str:
         f"#SBATCH --time={_walltime(request.hours)}",
         "#SBATCH --nodes=1",
         "#SBATCH --ntasks=1",
+        # A session is interactive: when its node fails or it is preempted it ends (and the hub says so);
+        # Slurm must not start a second JupyterLab later that nobody waits for.
+        "#SBATCH --no-requeue",
         f"#SBATCH --cpus-per-task={request.cpus}",
         f"#SBATCH --mem={request.memory_gb}G",
     ]

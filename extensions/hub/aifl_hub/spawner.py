@@ -61,6 +61,7 @@ from .workshops import Seat, seat_for
 
 LANG_COOKIE = "aifl-lang"
 RESTARTED = "RESTARTED"  # last_end state of a start that a hub restart interrupted
+REQUEUED = "REQUEUED"  # last_end state of a session whose job went back to the queue after it ran
 CANCELLED = "CANCELLED_BY_USER"  # last_end state of a start the user cancelled
 PROGRESS = {"asking": 5, "queued": 20, "starting": 70}  # the spawn page's progress bar per phase
 MKUSER = "/usr/local/sbin/aifl-mkuser"
@@ -621,12 +622,21 @@ class SlurmLabSpawner(SlurmSpawner):
         except SlurmError as exc:
             self.log.warning("Could not query job %s: %s", self.job_id, exc)
             return None
-        if job is not None and (job.pending or job.running):
+        node = self.session.get("node", "")
+        if job is not None and job.pending and self.session:
+            # It ran and is queued again (requeued by hand or by a site that allows it): this session is over,
+            # and a JupyterLab started later would serve nobody.
+            self.log.info("Job %s of %s went back to the queue (%s): ending the session", self.job_id,
+                          self.user.name, job.reason)
+            await self.slurm.cancel(self.user.name, self.job_id)
+            state = REQUEUED
+        elif job is not None and (job.pending or job.running):
             self.job_status = f"{job.state} {job.node}".strip()
             return None
-        state = job.state if job else "GONE"
+        else:
+            state = job.state if job else "GONE"
         self.log.info("Job %s of %s ended outside the hub (%s)", self.job_id, self.user.name, state)
-        self.last_end = {"job_id": self.job_id, "state": state}
+        self.last_end = {"job_id": self.job_id, "state": state, "node": node}
         self.clear_state()
         return 1
 
@@ -719,10 +729,26 @@ class SlurmLabSpawner(SlurmSpawner):
             return _("Your last session (job {job}) was still starting when the lab restarted, so it was "
                      "stopped and its place given back. Please start it again.").format(
                 job=self.last_end.get("job_id", "?"))
-        return _("Your last session (job {job}) was ended outside the lab: Slurm reports {state}. "
-                 "Your files are kept; the job log is in {log}.").format(
-            job=self.last_end.get("job_id", "?"), state=self.last_end.get("state", "?"),
-            log=f"~/{self.site['spawner'].get('job_log_dir', '.aifl/logs')}/session-{self.last_end.get('job_id')}.log")
+        job, state = self.last_end.get("job_id", "?"), self.last_end.get("state", "?")
+        log = f"~/{self.site['spawner'].get('job_log_dir', '.aifl/logs')}/session-{job}.log"
+        node = self.last_end.get("node") or _("its node")
+        why = {
+            "NODE_FAIL": _("Your last session (job {job}) ended because the computer it ran on ({node}) stopped "
+                           "working."),
+            REQUEUED: _("Your last session (job {job}) ended because the computer it ran on ({node}) stopped "
+                        "working."),
+            "PREEMPTED": _("Your last session (job {job}) was stopped to make room for work with priority on "
+                           "{node}."),
+            "TIMEOUT": _("Your last session (job {job}) reached the end of the time you asked for."),
+            "OUT_OF_MEMORY": _("Your last session (job {job}) needed more memory than its profile gives, so it "
+                               "was stopped. Choose a profile with more memory next time."),
+        }.get(state)
+        if why is None:
+            return _("Your last session (job {job}) was ended outside the lab: Slurm reports {state}. "
+                     "Your files are kept; the job log is in {log}.").format(job=job, state=state, log=log)
+        return why.format(job=job, node=node) + " " + _(
+            "Your files in your home folder are safe; changes in open notebooks since they were last saved "
+            "are lost. The job log is in {log}. Start a new session whenever you like.").format(log=log)
 
     starting = Bool(False, help="True from the job's submission until its server answers (kept in hub state).")
 
