@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import BASE, Hub, lab, slurm
+from test_notebook_dask import Kernel
 
 pytestmark = pytest.mark.cluster
 
@@ -248,13 +249,21 @@ def test_waiting_too_long_in_the_queue_withdraws_the_request_with_a_reason(hub, 
             assert job not in slurm("squeue", "-h", "-o", "%i").split()
 
 
-def test_an_idle_session_is_stopped_and_its_files_stay(hub, users, tmp_path):
+def test_an_idle_session_is_stopped_a_busy_one_lives_and_files_stay(hub, users, tmp_path):
     with site_changed(tmp_path, "idle_timeout: 3600", "idle_timeout: 20"):
+        busy_name, busy_token = users()
+        busy = Kernel(BASE + spawn(hub, busy_name, busy_token, {"profile": "cpu-small"})["url"], busy_token)
         name, token = users()
         spawn(hub, name, token, {"profile": "cpu-small"})
         work = Path(pwd.getpwnam(name).pw_dir) / "analysis.txt"
         work.write_text("results\n")
-        hub.wait_gone(name, timeout=90)  # nobody used it: the culler stops it
+        # A silent cell computing for more than twice the idle limit, with nobody at the screen: not idle.
+        started = time.monotonic()
+        assert busy.run("import time\ntime.sleep(50)\nprint('DONE 1')", timeout=120) == {"DONE": 1}
+        assert time.monotonic() - started >= 50
+        assert hub.server(busy_name) is not None, "a session whose kernel was busy was stopped as idle"
+        hub.wait_gone(name, timeout=30)  # nobody used it: the culler stopped it meanwhile
+        hub.wait_gone(busy_name, timeout=90)  # once the cell is done and nobody comes back, it is idle too
         deadline = time.monotonic() + 30
         while slurm("squeue", "-h", "-u", name, "-o", "%i").strip() and time.monotonic() < deadline:
             time.sleep(0.5)  # the cancelled job may be completing for a moment

@@ -373,7 +373,11 @@ class SlurmLabSpawner(SlurmSpawner):
         env["DASK_CONFIG"] = str(self.environment_prefix(environment) / "etc" / "dask")
         # What the session's own warnings need: when Slurm asks it to save, and when an idle session is stopped.
         env["AIFL_SAVE_LEAD"] = str(self.site["spawner"].get("save_before_end", 600))
-        env["AIFL_IDLE_TIMEOUT"] = str(self.site["spawner"].get("idle_timeout", 0))
+        idle = self.site["spawner"].get("idle_timeout", 0)
+        env["AIFL_IDLE_TIMEOUT"] = str(idle)
+        if idle:
+            # The hub hears of activity (a busy kernel counts) several times within the idle limit.
+            env["JUPYTERHUB_ACTIVITY_INTERVAL"] = str(min(300, max(5, idle // 4)))
         if self.session_request is not None:
             env["AIFL_PROFILE"] = self.session_request.profile
         # Batch work started from the session (notebook runs, Dask workers) is charged like this.

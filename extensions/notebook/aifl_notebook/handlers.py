@@ -13,6 +13,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from .activity import watch_busy_kernels
 from .session import SessionClock
 
 SETTINGS_KEY = "aifl_session"
@@ -38,6 +39,7 @@ def load(serverapp: Any) -> None:
     clock = SessionClock(os.environ, web_app.last_activity)
     web_app.settings[SETTINGS_KEY] = clock
     web_app.add_handlers(".*$", [(url_path_join(web_app.settings["base_url"], "aifl", "session"), SessionHandler)])
+    watch_busy_kernels(serverapp, clock.idle_timeout)
 
     def on_save_signal() -> None:
         clock.record_save_signal()
