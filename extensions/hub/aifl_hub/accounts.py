@@ -341,6 +341,7 @@ class PostOnlyToggleAuthorizationHandler(ToggleAuthorizationHandler):
             if org and self.authenticator.create_local_accounts:
                 # The Unix account and the Slurm association under the organisation's account, at once.
                 await run_argv([*self.authenticator.mkuser_command, slug, org], timeout=60)
+                await membership.sync_datasets(site, slug, org)
 
     async def get(self, slug: str) -> None:
         """Refuse: a link must not approve anyone."""

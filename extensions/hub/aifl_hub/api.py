@@ -11,6 +11,8 @@
 * ``DELETE /hub/api/groups/org-<name>[/users]``: people who leave an organisation's group (the admin
   page uses these routes) lose their Slurm association with its account first
   (:func:`aifl_hub.membership.leave`); when that fails the group stays as it was and the answer says why.
+  ``POST /hub/api/groups/org-<name>/users`` also gives the new members the organisation's controlled
+  data sets (:func:`aifl_hub.membership.sync_datasets`).
 
 :func:`install_handlers` swaps them into JupyterHub's API route list; call it from the hub config.
 """
@@ -121,7 +123,26 @@ async def leave_organisation(handler: APIHandler, group_name: str, names: object
 
 
 class LabGroupUsersAPIHandler(GroupUsersAPIHandler):
-    """Removing people from an organisation's group removes their Slurm association with its account too."""
+    """Removing people from an organisation's group removes their Slurm association with its account too.
+
+    Adding people to it lets them read the organisation's controlled data sets (:mod:`aifl_hub.datasets`).
+    """
+
+    @needs_scope("groups")
+    async def post(self, group_name: str) -> None:
+        """Add to the group as JupyterHub does, then give the new members the organisation's data sets."""
+        super().post(group_name)
+        site = getattr(self.authenticator, "site", None)
+        org = group_name.removeprefix(GROUP_PREFIX) if group_name.startswith(GROUP_PREFIX) else ""
+        data = self.get_json_body()
+        if site is None or not org or organisation(site, org) is None or not isinstance(data, dict):
+            return
+        for name in data.get("users") or []:
+            if isinstance(name, str) and orm.User.find(self.db, name) is not None:
+                try:
+                    await membership.sync_datasets(site, name, org)
+                except SlurmError as exc:
+                    self.log.error("%s could not get the data sets of %s: %s", name, org, exc.stderr)
 
     @needs_scope("groups")
     async def delete(self, group_name: str) -> None:

@@ -30,7 +30,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import cluster
+from . import cluster, datasets
 from .energy import status_path
 from .hubconfig import HUB_API_PORT, PROXY_API_PORT
 from .procs import (
@@ -61,6 +61,7 @@ RESERVATION_HELPER = Path("/usr/local/sbin/aifl-reservation")
 WORK_HELPER = Path("/usr/local/sbin/aifl-work")
 ORG_REVOKE_HELPER = Path("/usr/local/sbin/aifl-org-revoke")
 REVOKE_HELPER = Path("/usr/local/sbin/aifl-revoke")
+DATASETS_HELPER = Path("/usr/local/sbin/aifl-datasets-access")
 SUDOERS = Path("/etc/sudoers.d/aifl-hub")
 CREDENTIALS = ETC / "admin-credentials"
 SYSTEM_PACKAGES = ["slurm-wlm", "slurmdbd", "slurm-client", "munge", "mariadb-server", "sudo", "util-linux"]
@@ -162,7 +163,8 @@ def write_session_profiles(site: Site) -> None:
 
     Code inside a session (batch runs, Dask workers) offers the same profiles as the spawn page, with
     the same names and limits. Only the profiles are written, and (``energy.json``) the energy model and
-    the grid status file's path, nothing else of the site file.
+    the grid status file's path, and (``datasets.json``) the data sets' catalogue, nothing else of the
+    site file.
     """
     prefix = Path(site["spawner"]["environments_dir"]) / site["spawner"]["environment"]
     folder = prefix / "etc" / "aifl"
@@ -173,6 +175,8 @@ def write_session_profiles(site: Site) -> None:
     # Energy in the session and flexible runs: the energy model and where the grid's status is published.
     energy = {"energy": site.get("energy", {}), "grid_status_file": str(status_path(site))}
     write_file(folder / "energy.json", json.dumps(energy, indent=1) + "\n", mode=0o644)
+    # The data sets on the shelf: each session shows them under ~/datasets.
+    write_file(folder / datasets.SESSION_FILE, datasets.session_catalogue(site), mode=0o644)
 
 
 def build_notebook_package(source: Path, prefix: Path, progress: Progress) -> Path:
@@ -290,6 +294,8 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
     write_file(ORG_REVOKE_HELPER, (Path(__file__).parent / "org_revoke.py").read_text(), mode=0o755)
     # ... and take a closed workshop's rights away (jobs, Slurm associations, temporary Unix accounts locked).
     write_file(REVOKE_HELPER, (Path(__file__).parent / "workshop_revoke.py").read_text(), mode=0o755)
+    # Confirmed members of an organisation read its controlled data sets (their Unix groups).
+    write_file(DATASETS_HELPER, (Path(__file__).parent / "datasets_access.py").read_text(), mode=0o755)
     rules = (
         "# AI Factory Lab: the hub may submit and cancel jobs as lab users, and create lab accounts.\n"
         f"Defaults:{hub_user} !requiretty\n"
@@ -302,6 +308,7 @@ def setup_accounts(repo: Path, site: Site, progress: Progress) -> None:
         f"{hub_user} ALL=(root) NOPASSWD: {MKUSER}, {RESERVATION_HELPER}, {REVOKE_HELPER}\n"
         f"{hub_user} ALL=(%{group}) NOPASSWD: {WORK_HELPER}\n"
         f"{hub_user} ALL=(root) NOPASSWD: {ORG_REVOKE_HELPER}\n"
+        f"{hub_user} ALL=(root) NOPASSWD: {DATASETS_HELPER}\n"
     )
     candidate = SUDOERS.with_name("aifl-hub.check")
     candidate.write_text(rules)
@@ -482,6 +489,8 @@ def cmd_up(repo: Path, site_path: Path) -> None:
         install_packages(SYSTEM_PACKAGES, progress)
     with progress.step("Preparing accounts, folders and permissions"):
         setup_accounts(repo, site, progress)
+        for line in datasets.install(site):
+            progress.note(line)
     with progress.step(f"Building the notebook environment '{site['spawner']['environment']}'"):
         build_environment(repo, site, progress)
         write_session_profiles(site)

@@ -9,6 +9,7 @@ from typing import Any
 
 from . import membership
 from .api import install_handlers
+from .datasets_page import install_datasets_page
 from .energy import EnergyReport
 from .facility import Facility, FacilityCache
 from .grid import builtin_profile
@@ -159,4 +160,5 @@ def configure(c: Any, site_file: str) -> None:
     c.JupyterHub.load_roles = roles
     configure_pages(c, site)
     install_membership_page()
+    install_datasets_page()
     c.JupyterHub.tornado_settings = {**c.JupyterHub.tornado_settings, SITE_SETTING: site}

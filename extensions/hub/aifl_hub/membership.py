@@ -11,6 +11,8 @@ so that an OIDC login, which sets a user's groups from the provider, keeps it.
 Leaving an organisation (an administrator removes the person from its group, deletes the group, or
 confirms another organisation) takes away the Slurm association with its account at once
 (:func:`leave`, through the root helper ``aifl-org-revoke``): ``sbatch --account=<org>`` is refused after.
+Confirming or leaving also sets which controlled data sets the person may read (:func:`sync_datasets`,
+through the root helper ``aifl-datasets-access``; see :mod:`aifl_hub.datasets`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .slurm import run_argv
 REQUESTS_FILE = "organisation-requests.json"
 MEMBERS_FILE = "organisation-members.json"
 REVOKE_COMMAND = ("/usr/bin/sudo", "-n", "/usr/local/sbin/aifl-org-revoke")
+DATASETS_COMMAND = ("/usr/bin/sudo", "-n", "/usr/local/sbin/aifl-datasets-access")
 
 
 def requests_path(site: Site) -> Path:
@@ -120,6 +123,18 @@ async def leave(site: Site, user: str, org: str, command: tuple[str, ...] = REVO
         del members[user]
         _write(Path(site["hub"]["state_dir"]) / MEMBERS_FILE, members)
     await run_argv([*command, user, org], timeout=150)
+    await sync_datasets(site, user, confirmed(site).get(user))
+
+
+async def sync_datasets(site: Site, user: str, org: str | None, command: tuple[str, ...] = DATASETS_COMMAND) -> None:
+    """Let ``user`` read exactly the controlled data sets of ``org`` (None: no organisation, none of them).
+
+    Nothing runs when the site has no controlled data set. Raises :class:`~aifl_hub.slurm.SlurmError`
+    when the helper failed.
+    """
+    if not any(d["access"] == "controlled" for d in site.get("datasets", [])):
+        return
+    await run_argv([*command, user, *([org] if org else [])], timeout=60)
 
 
 def _write(path: Path, data: dict[str, str]) -> None:

@@ -73,6 +73,7 @@ class OrganisationRequestsHandler(BaseHandler):
             if org and getattr(self.authenticator, "create_local_accounts", False):
                 try:
                     await run_argv([*self.authenticator.mkuser_command, name, org], timeout=60)
+                    await membership.sync_datasets(site, name, org)
                 except SlurmError as exc:
                     self.log.error("Could not add %s to %s in Slurm: %s", name, org, exc.stderr)
                     raise web.HTTPError(500, "The Slurm association could not be made") from exc

@@ -108,6 +108,46 @@ def _check_cross_keys(site: Site, path: Path | str) -> None:
     if defaults > 1:
         raise SiteError(path, "spawner.profile_list", "more than one profile has default: true")
     _check_organisations(site, path, accounts, qos)
+    _check_datasets(site, path)
+
+
+# Folders where a data set must never lie: users (or everyone) can write there, or the hub keeps its state.
+UNSAFE_DATASET_PLACES = ("/tmp", "/var/tmp", "/dev", "/proc", "/sys", "/run", "/etc", "/home")  # noqa: S108
+
+
+def _under(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or inside it (both absolute, compared by their parts)."""
+    inner, outer = Path(path).parts, Path(folder).parts
+    return inner[:len(outer)] == outer
+
+
+def _check_datasets(site: Site, path: Path | str) -> None:
+    orgs = {o["name"] for o in site.get("organisations", {}).get("list", [])}
+    unsafe = (*UNSAFE_DATASET_PLACES, site["users"]["home_base"], site["hub"]["state_dir"])
+    seen: dict[str, str] = {}
+    for item in site.get("datasets", []):
+        key = f"datasets[{item['name']}]"
+        location = item["location"]
+        if item["name"] in seen.values():
+            raise SiteError(path, f"{key}.name", f"'{item['name']}' is listed more than once")
+        if any(part in (".", "..") for part in location.split("/")) or len(Path(location).parts) < 3:
+            raise SiteError(path, f"{key}.location",
+                            "must be a folder at least two levels below / without '.' or '..' (say /srv/data/<name>)")
+        if place := next((p for p in unsafe if _under(location, p)), None):
+            raise SiteError(path, f"{key}.location", f"must not lie under {place} (users or the hub write there)")
+        if other := next((name for where, name in seen.items() if _under(location, where) or _under(where, location)),
+                         None):
+            raise SiteError(path, f"{key}.location", f"overlaps the location of data set '{other}'")
+        seen[location] = item["name"]
+        listed = item.get("organisations", [])
+        if item["access"] == "controlled" and not listed:
+            raise SiteError(path, f"{key}.organisations",
+                            "a controlled data set needs the organisations that may read it")
+        if item["access"] == "open" and listed:
+            raise SiteError(path, f"{key}.organisations", "an open data set is for everyone: leave organisations out")
+        for org in listed:
+            if org not in orgs:
+                raise SiteError(path, f"{key}.organisations", f"'{org}' is not one of organisations.list")
 
 
 def _check_organisations(site: Site, path: Path | str, accounts: set[str], qos: set[str]) -> None:

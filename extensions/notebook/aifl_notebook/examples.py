@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import datasets
+
 MANIFEST = Path(".aifl") / "examples.json"
 FOLDER = "examples"
 NEW_VERSION = ".new-version"
@@ -139,6 +141,7 @@ def install_examples(home: Path, source: Path | None = None) -> Report:
 def install_at_start(home: Path | None = None) -> None:
     """Called when the session's server starts: install the examples, never stopping the start on failure.
 
+    The data sets on the shelf are listed in ``~/datasets`` at the same moment (:mod:`aifl_notebook.datasets`).
     ``home`` defaults to the account's home folder (not ``$HOME``).
     """
     home = Path(pwd.getpwuid(os.getuid()).pw_dir) if home is None else home
@@ -147,3 +150,4 @@ def install_at_start(home: Path | None = None) -> None:
     except OSError as error:
         print(f"aifl-singleuser: the example notebooks could not be copied to {home / FOLDER}: {error}",
               file=sys.stderr)
+    datasets.install_at_start(home)
