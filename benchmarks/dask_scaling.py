@@ -2,7 +2,7 @@
 
 Run as root on the machine where the lab runs (``./lab up``)::
 
-    /work/main/.venv/bin/python benchmarks/dask_scaling.py [--workers 4] [--tasks 240] [--rounds 2]
+    /work/main/.venv/bin/python benchmarks/dask_scaling.py [--workers 4] [--tasks 240] [--rounds 5]
 
 It makes (or reuses) the benchmark user ``benchdask`` through the hub (so it has a Unix account and a
 Slurm association like every lab user) and submits, as that user, one Slurm job on the CPU partition
@@ -15,8 +15,10 @@ environment and measures, side by side and alternating (local, slurm, local, slu
 * throughput: ``--tasks`` independent CPU-bound tasks (pure Python, about 13 ms of work each on an idle
   core of this machine) once all workers are up, in tasks per second and per worker core.
 
-It prints the medians and the ratios SLURM / Local, and per round the load average and the host CPUs
-each worker may use. On a machine shared with other work, Linux's autogroup scheduling gives each
+It prints the medians and the ratios SLURM / Local with their spread (the ratio of each round's pair,
+median and range over at least three rounds), and per round the load average and the host CPUs each
+worker may use; everything printed also goes to ``benchmarks/results/dask-scaling-<date>-<commit>.txt``.
+On a machine shared with other work, Linux's autogroup scheduling gives each
 Slurm job (its own session) its own share of the CPUs, while the LocalCluster's workers share one:
 read the ratios together with the load. Everything it starts is cancelled on exit (the
 session stand-in and, through it, the workers); the hub user is removed, its Unix account kept.
@@ -119,6 +121,14 @@ def job_state(job: str) -> str:
 def outer(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         sys.exit("run as root on the machine where the lab runs")
+    from record import recorded  # here, not at the top: the job runs a copy of this file alone
+
+    with recorded("dask-scaling"):
+        return run_job(args)
+
+
+def run_job(args: argparse.Namespace) -> int:
+    """Submit the session stand-in, wait for it and report what it measured."""
     r = hub_api("POST", f"/users/{USER}")
     if r.status_code not in (201, 409):
         sys.exit(f"creating the benchmark user failed: HTTP {r.status_code} {r.text[:300]}")
@@ -167,17 +177,29 @@ def outer(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(rounds: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    def median(kind: str, key: str) -> float:
-        return statistics.median(r[key] for r in rounds if r["kind"] == kind)
+def spread(values: list[float]) -> str:
+    """Median [min – max] of ``values``."""
+    return f"{statistics.median(values):.2f} [{min(values):.2f} – {max(values):.2f}]"
 
-    print(f"\n{args.workers} workers x 1 core, {args.tasks} tasks of ~13 ms, {args.rounds} rounds (medians); "
-          f"host: {os.cpu_count()} real cores")
-    print(f"{'':28}{'LocalCluster':>14}{'SLURMCluster':>14}{'ratio S/L':>11}")
+
+def report(rounds: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    def values(kind: str, key: str) -> list[float]:
+        return [r[key] for r in rounds if r["kind"] == kind]
+
+    def ratios(key: str) -> list[float]:
+        """SLURM / Local of each round (the two ran one after the other)."""
+        by_round = {(r["round"], r["kind"]): r[key] for r in rounds}
+        return [by_round[i, "slurm"] / by_round[i, "local"] for i in range(args.rounds)
+                if (i, "slurm") in by_round and (i, "local") in by_round]
+
+    print(f"\n{args.workers} workers x 1 core, {args.tasks} tasks of ~13 ms, {args.rounds} rounds; "
+          f"host: {os.cpu_count()} real cores. Median [min – max] over the rounds; the ratio is that of each "
+          "round's pair")
+    print(f"{'':32}{'LocalCluster':>22}{'SLURMCluster':>22}{'ratio S/L':>22}")
     for key, label in (("startup_s", "time until all workers up (s)"), ("tasks_per_s", "throughput (tasks/s)"),
                        ("tasks_per_s_per_core", "per core (tasks/s/core)")):
-        local, slurm = median("local", key), median("slurm", key)
-        print(f"{label:28}{local:>14.2f}{slurm:>14.2f}{slurm / local:>10.2f}x")
+        print(f"{label:32}{spread(values('local', key)):>22}{spread(values('slurm', key)):>22}"
+              f"{spread(ratios(key)):>22}")
     for r in rounds:
         print(f"  round {r['round']} {r['kind']:5}: up in {r['startup_s']:.2f} s, {r['tasks_per_s']:.1f} tasks/s, "
               f"load {r['load']:.1f}, workers on host CPUs {' | '.join(r['worker_cpus'])}")
@@ -187,10 +209,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--tasks", type=int, default=240)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each cluster, at least 3 (5)")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 3:
+        parser.error("--rounds must be at least 3 (the spread needs them)")
     if args.inner:
         inner(args)
         return 0

@@ -10,16 +10,24 @@ until ``GET /user/NAME/api/status`` answers 200 through the proxy, for
 * ours: ``SlurmLabSpawner`` in the running hub (:8000), 1 user x N sequential spawns and M users at once;
 * stock: batchspawner's ``SlurmSpawner`` with its default settings, in a second hub that this script
   starts as root with its own temporary directory and its own configurable-http-proxy (:8100, API :8101,
-  hub API :8181); the resources match our profiles, so the jobs are the same size;
-* floor: the same single-user server command started directly as the user (no Slurm, no hub spawn),
-  timed until ``/user/NAME/api/status`` answers 200 with a token of that user.
+  hub API :8181); the resources match our profiles, so the jobs are the same size. It runs twice:
+  on a stock environment (``stock``: the notebook environment as ``pip install jupyterlab`` leaves it)
+  and on our notebook environment (``stock@ours``: the same packages and settings as our sessions,
+  plus batchspawner), so that the spawner's own effect and the environment's are shown apart;
+* floor: the server started directly as the user (no Slurm, no hub spawn), timed until
+  ``/user/NAME/api/status`` answers 200 with a token of that user, twice: ``bare`` is
+  ``jupyterhub-singleuser`` as installed, ``floor`` the server as our session job starts it
+  (``aifl_notebook.singleuser.run_server``, without the job's port report). The CPU seconds that one
+  ``floor`` start takes (its process and children, at the moment it answers) give the CPU-bound floor
+  of M starts at once: M x CPU seconds / CPU cores.
 
 Single-user spawns use the site's default profile (cpu-small); the concurrent wave uses a profile that
 fits M sessions at once (gpu-1: 16 x 1 GPU fills the 4 x 4 GPU nodes exactly). Single-user rounds
-interleave floor, ours and stock (after a warm-up of each); a round during which other users' jobs were
-queued is repeated. Concurrent waves run ours, stock, stock, ours (``--waves 2``). Before each spawn a
-random pause of up to 1 s puts the submission at a random phase of slurmctld's ~1 s scheduling tick.
-Each spawn is split into steps from slurmctld's and slurmd's logs and the server's own log.
+interleave bare, floor, ours, stock@ours and stock (after a warm-up of each); a round during which other
+users' jobs were queued is repeated. Concurrent waves run ours, stock@ours, stock, then the reverse
+(``--waves 2``). Before each spawn a random pause of up to 1 s puts the submission at a random phase of
+slurmctld's ~1 s scheduling loop. Each spawn is split into steps from slurmctld's and slurmd's logs and
+the server's own log. Everything printed also goes to ``benchmarks/results/spawn-latency-<date>-<commit>.txt``.
 
 It uses fixed benchmark users ``bench01``.. (Unix accounts and Slurm associations made by the hub's
 account helper are kept for the next run; the hub users are removed at the end). Everything it starts
@@ -56,6 +64,7 @@ from typing import Any
 
 import requests
 import yaml
+from record import recorded
 
 # ---- the running lab ---------------------------------------------------------------------------
 MAIN_PUBLIC = "http://127.0.0.1:8000"
@@ -76,7 +85,11 @@ BATCHSPAWNER = "batchspawner==1.3.0"
 # What pip's resolver puts into a stock JupyterLab environment that images/default leaves out.
 STOCK_EXTRAS = ("rfc3987-syntax==1.1.0", "lark==1.3.1")
 
-CASES = ("floor", "ours-1", "stock-1", "ours-N", "stock-N")
+CASES = ("bare", "floor", "ours-1", "stock@ours-1", "stock-1", "ours-N", "stock@ours-N", "stock-N")
+SINGLE = ("ours-1", "stock@ours-1", "stock-1")  # spawns of one user through a hub
+WAVES = ("ours-N", "stock@ours-N", "stock-N")
+# The floor: our session job's server start (aifl-singleuser without the port report), run directly.
+FLOOR_CODE = "import sys; from aifl_notebook.singleuser import run_server; run_server(sys.argv[1:])"
 POLL_S = 0.05  # readiness polling interval (all three cases)
 USER_PREFIX = "bench"
 _T0 = time.monotonic()
@@ -321,6 +334,7 @@ class Sample:
     disturbed: bool = False
     wave: int = 0
     stages: dict[str, float] = field(default_factory=dict)
+    cpu_s: float | None = None  # floors only: CPU seconds of the server process (and children) when it answered
 
 
 def spawn_wave(hub: Hub, tokens: dict[str, str], options: dict[str, Any] | None, case: str,
@@ -416,16 +430,29 @@ def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 15) -> No
             proc.wait(10)
 
 
-def floor_once(user: str, token: str, lang: str, log_path: Path, timeout: float = 120) -> Sample:
-    """Start ``jupyterhub-singleuser`` as ``user`` and time it until /api/status answers 200."""
-    sample = Sample("floor", user, log_file=str(log_path))
+def floor_command(case: str) -> list[str]:
+    """The server command of a floor case: ``bare`` jupyterhub-singleuser or our job's start (``floor``)."""
+    if case == "bare":
+        return [str(NOTEBOOK_ENV / "bin" / "jupyterhub-singleuser")]
+    return [str(NOTEBOOK_ENV / "bin" / "python"), "-c", FLOOR_CODE]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and of its children that have ended."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def floor_once(case: str, user: str, token: str, lang: str, log_path: Path, timeout: float = 120) -> Sample:
+    """Start the server of ``case`` as ``user``; time it until /api/status answers 200 and take its CPU seconds."""
+    sample = Sample(case, user, log_file=str(log_path))
     port = free_port()
     pw = pwd.getpwnam(user)
     url = f"http://127.0.0.1:{port}/user/{user}/api/status"
     with log_path.open("wb") as log, requests.Session() as http:
         sample.t_post, sample.wall_post = time.monotonic(), time.time()
         proc = subprocess.Popen(
-            [str(NOTEBOOK_ENV / "bin" / "jupyterhub-singleuser"), f"--port={port}", "--ip=127.0.0.1"],
+            [*floor_command(case), f"--port={port}", "--ip=127.0.0.1"],
             env=floor_env(user, token, port, lang), cwd=pw.pw_dir, user=pw.pw_uid, group=pw.pw_gid,
             extra_groups=os.getgrouplist(user, pw.pw_gid), umask=0o077, stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -435,6 +462,8 @@ def floor_once(user: str, token: str, lang: str, log_path: Path, timeout: float 
                 with contextlib.suppress(requests.RequestException):
                     if http.get(url, headers={"Authorization": f"token {token}"}, timeout=5).status_code == 200:
                         sample.ready_s = time.monotonic() - sample.t_post
+                        with contextlib.suppress(OSError):
+                            sample.cpu_s = cpu_seconds(proc.pid)
                         break
                 time.sleep(POLL_S)
             else:
@@ -493,21 +522,31 @@ class StockHub:
         self.workdir = workdir
         self.state = workdir / "hub"
         self.env_dir = workdir / "env"
+        self.ours_env_dir = workdir / "env-ours"
         self.resources = resources
         self.site = site
         self.token = os.urandom(32).hex()
         self.proxy_token = os.urandom(32).hex()
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def build_env(self) -> None:
-        """A world-readable venv with stock batchspawner, layered on the shipped notebook environment."""
-        say(f"stock: building {self.env_dir} (venv + {BATCHSPAWNER}, layered on {NOTEBOOK_ENV})")
-        run(["/usr/bin/python3", "-m", "venv", str(self.env_dir)], timeout=180)
-        site_packages = next((self.env_dir / "lib").glob("python3*/site-packages"))
+    def _layered_venv(self, path: Path, packages: tuple[str, ...]) -> None:
+        """A venv at ``path`` that sees the shipped notebook environment's packages, plus ``packages``."""
+        run(["/usr/bin/python3", "-m", "venv", str(path)], timeout=180)
+        site_packages = next((path / "lib").glob("python3*/site-packages"))
         notebook_site = next((NOTEBOOK_ENV / "lib").glob("python3*/site-packages"))
         (site_packages / "aifl-notebook-env.pth").write_text(f"{notebook_site}\n")
-        run([str(self.env_dir / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--no-deps",
-             BATCHSPAWNER, *STOCK_EXTRAS], timeout=300)
+        run([str(path / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--no-deps",
+             *packages], timeout=300)
+
+    def build_envs(self) -> None:
+        """World-readable venvs with stock batchspawner: a stock environment and ours, both layered on ours."""
+        say(f"stock: building {self.env_dir} and {self.ours_env_dir} (venvs + {BATCHSPAWNER}, on {NOTEBOOK_ENV})")
+        self._layered_venv(self.env_dir, (BATCHSPAWNER, *STOCK_EXTRAS))
+        self._layered_venv(self.ours_env_dir, (BATCHSPAWNER,))
+        # Ours: the notebook environment's own settings (etc: Jupyter's, Dask's, the profiles; share: the
+        # JupyterLab extensions and settings), so only batchspawner-singleuser differs from our sessions.
+        for part in ("etc", "share"):
+            (self.ours_env_dir / part).symlink_to(NOTEBOOK_ENV / part)
         # Stock = the environment as `pip install jupyterlab` leaves it: every installed server extension
         # on (the packages' own jupyter_server_config.d files), none of our trimming, and the packages
         # pip's resolver adds (STOCK_EXTRAS) that the shipped image leaves out.
@@ -520,12 +559,21 @@ class StockHub:
             if (NOTEBOOK_ENV / part).exists():
                 (self.env_dir / part).parent.mkdir(parents=True, exist_ok=True)
                 (self.env_dir / part).symlink_to(NOTEBOOK_ENV / part)
-        run(["chmod", "-R", "a+rX", str(self.env_dir)])
-        check = run([str(self.env_dir / "bin" / "python"), "-c",
-                     "import batchspawner.singleuser, jupyterhub.singleuser, jupyterlab, jupyter_core.paths as p;"
-                     "print(p.jupyter_config_path()[-1])"], check=False)
-        if check.returncode != 0 or not (self.env_dir / "bin" / "batchspawner-singleuser").exists():
-            raise BenchError(f"the benchmark environment is not usable: {check.stderr[-500:]}")
+        for env in (self.env_dir, self.ours_env_dir):
+            run(["chmod", "-R", "a+rX", str(env)])
+            check = run([str(env / "bin" / "python"), "-c",
+                         "import batchspawner.singleuser, jupyterhub.singleuser, jupyterlab, jupyter_core.paths as p;"
+                         "print(p.jupyter_config_path()[-1])"], check=False)
+            if check.returncode != 0 or not (env / "bin" / "batchspawner-singleuser").exists():
+                raise BenchError(f"the benchmark environment {env} is not usable: {check.stderr[-500:]}")
+
+    def prologue(self, env: Path) -> str:
+        """batchspawner's ``req_prologue``: the environment ``env`` first on the job's PATH."""
+        return f"export PATH={env}/bin:{NOTEBOOK_ENV}/bin:$PATH"
+
+    def on_our_env(self, options: dict[str, str] | None = None) -> dict[str, str]:
+        """``user_options`` that run the stock spawner's job on our environment (batchspawner's own override)."""
+        return {**(options or {}), "prologue": self.prologue(self.ours_env_dir)}
 
     def write_config(self) -> Path:
         r = self.resources
@@ -535,7 +583,7 @@ class StockHub:
             state=self.state, token=self.token, slug=r.slug, partition=options["partition"],
             nprocs=options["nprocs"], memory=options["memory"], gres=options["gres"], runtime=options["runtime"],
             options=f"--account={self.site.account} --qos={self.site.qos}",
-            prologue=f"export PATH={self.env_dir}/bin:{NOTEBOOK_ENV}/bin:$PATH",
+            prologue=self.prologue(self.env_dir),
             http_timeout=120, start_timeout=900)
         path = self.state / "jupyterhub_config.py"
         path.write_text(text)
@@ -553,7 +601,7 @@ class StockHub:
             if port_open(port):
                 raise BenchError(f"port {port} is in use (find it with: ss -ltnp 'sport = :{port}')")
         self.state.mkdir(mode=0o700)
-        self.build_env()
+        self.build_envs()
         config = self.write_config()
         env = {"PATH": f"{HUB_ENV}/bin:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.state),
                "CONFIGPROXY_AUTH_TOKEN": self.proxy_token}
@@ -630,7 +678,8 @@ def add_stages(samples: list[Sample], ctld_log: str, home_log: Callable[[Sample]
             continue
         ready = s.wall_post + s.ready_s
         submitted = find_time(ctld_log, rf"_slurm_rpc_submit_batch_job: JobId={s.job_id} ")
-        allocated = find_time(ctld_log, rf"(?:sched: Allocate|_start_job: Started) JobId={s.job_id} ")
+        # the main scheduling loop logs "sched: Allocate", the backfill loop "sched/backfill: _start_job: Started"
+        allocated = find_time(ctld_log, rf"(?:sched: Allocate|sched/backfill: _start_job: Started) JobId={s.job_id} ")
         if s.node not in slurmd_logs:
             slurmd_logs[s.node] = tail_text(SLURM_LOGS / f"slurmd-{s.node}.log")
         launched = find_time(slurmd_logs[s.node], rf"Launching batch job {s.job_id} ")
@@ -694,11 +743,14 @@ def makespan(samples: list[Sample]) -> float | None:
     return statistics.median(spans) if spans else None
 
 
-def ratio_line(label: str, a: float | None, b: float | None, target: str, ok: Callable[[float], bool]) -> str:
+def ratio_line(label: str, a: float | None, b: float | None, target: str = "",
+               ok: Callable[[float], bool] | None = None) -> str:
+    """``a / b`` with its target (if it has one) and whether it was met."""
     if a is None or b is None or b == 0:
-        return f"  {label:<34} n/a (missing measurements)"
+        return f"  {label:<52} n/a (missing measurements)"
     value = a / b
-    return f"  {label:<34} {value:5.2f}   target {target:<7} {'met' if ok(value) else 'MISSED'}"
+    verdict = f"   target {target:<7} {'met' if ok(value) else 'MISSED'}" if ok is not None else ""
+    return f"  {label:<52} {value:5.2f}{verdict}"
 
 
 def stage_table(cases: list[tuple[str, list[Sample]]]) -> list[str]:
@@ -708,7 +760,7 @@ def stage_table(cases: list[tuple[str, list[Sample]]]) -> list[str]:
             names += [n for n in s.stages if n not in names]
     order = [SUBMIT, SCHEDULE, LAUNCH, IMPORTS, LISTEN, NOTICE, ANSWER]
     names.sort(key=lambda n: order.index(n) if n in order else len(order))
-    width = 12
+    width = 14
     lines = [f"  {'step (median seconds)':<52}" + "".join(f"{label:>{width}}" for label, _ in cases)]
     for name in names:
         cells = []
@@ -721,7 +773,7 @@ def stage_table(cases: list[tuple[str, list[Sample]]]) -> list[str]:
 
 def stage_rows(samples: list[Sample]) -> list[str]:
     """One line per spawn: its total and its steps, in the order of the stage table."""
-    order = [IMPORTS, LISTEN, ANSWER] if samples and samples[0].case == "floor" else \
+    order = [IMPORTS, LISTEN, ANSWER] if samples and samples[0].case in ("bare", "floor") else \
         [SUBMIT, SCHEDULE, LAUNCH, IMPORTS, LISTEN, NOTICE]
     lines = []
     for s in samples:
@@ -729,50 +781,76 @@ def stage_rows(samples: list[Sample]) -> list[str]:
         total = f"{s.ready_s:6.2f}" if s.ready_s is not None else "  FAIL"
         flag = " (other jobs queued)" if s.disturbed else ""
         job = f"job {s.job_id}" if s.job_id else ""
-        lines.append(f"    {s.case:<8} {job:<9} {total} = {steps}{flag}" if s.stages else
-                     f"    {s.case:<8} {job:<9} {total}{flag} {s.error}")
+        lines.append(f"    {s.case:<12} {job:<9} {total} = {steps}{flag}" if s.stages else
+                     f"    {s.case:<12} {job:<9} {total}{flag} {s.error}")
     return lines
 
 
+def cpu_median(samples: list[Sample]) -> float | None:
+    """Median CPU seconds of the floor starts that were measured."""
+    values = [s.cpu_s for s in samples if s.cpu_s is not None]
+    return statistics.median(values) if values else None
+
+
 def report(bench: Bench, elapsed: float) -> None:
-    results, n_concurrent = bench.results, len(bench.users)
-    floor, ours1, stock1 = results["floor"], results["ours-1"], results["stock-1"]
-    ours_n, stock_n = results["ours-N"], results["stock-N"]
+    results, n = bench.results, len(bench.users)
+    bare, floor = results["bare"], results["floor"]
+    ours1, mixed1, stock1 = (results[k] for k in SINGLE)
+    ours_n, mixed_n, stock_n = (results[k] for k in WAVES)
+    cores = os.cpu_count() or 1
     print("\n" + "=" * 110)
     print("Spawn-to-ready (POST /hub/api/users/NAME/server -> GET /user/NAME/api/status = 200 via the proxy)")
     print("seconds: median  [min – max]  n\n")
-    rows = [("floor: server started directly as the user", floor),
+    rows = [("bare: jupyterhub-singleuser started directly", bare),
+            ("floor: our job's server start, started directly", floor),
             ("ours  (SlurmLabSpawner), 1 user", ours1),
-            ("stock (batchspawner.SlurmSpawner), 1 user", stock1),
-            (f"ours,  {n_concurrent} users at once (each user)", ours_n),
-            (f"stock, {n_concurrent} users at once (each user)", stock_n)]
+            ("stock spawner on our environment, 1 user", mixed1),
+            ("stock (batchspawner + stock environment), 1 user", stock1),
+            (f"ours,  {n} users at once (each user)", ours_n),
+            (f"stock spawner on our env, {n} at once (each)", mixed_n),
+            (f"stock, {n} users at once (each user)", stock_n)]
     for label, samples in rows:
-        print(f"  {label:<46} {summary(samples)}")
-    for label, samples in ((f"ours,  {n_concurrent} at once: all ready after", ours_n),
-                           (f"stock, {n_concurrent} at once: all ready after", stock_n)):
+        print(f"  {label:<50} {summary(samples)}")
+    for label, samples in ((f"ours,  {n} at once: all ready after", ours_n),
+                           (f"stock spawner on our env, {n}: all ready after", mixed_n),
+                           (f"stock, {n} at once: all ready after", stock_n)):
         spans = makespans(samples)
-        print(f"  {label:<46} {statistics.median(spans):6.2f}  (waves: {', '.join(f'{v:.2f}' for v in spans)})"
-              if spans else f"  {label:<46} n/a (some failed)")
+        print(f"  {label:<50} {statistics.median(spans):6.2f}  (waves: {', '.join(f'{v:.2f}' for v in spans)})"
+              if spans else f"  {label:<50} n/a (some failed)")
+    cpu_bare, cpu_floor = cpu_median(bare), cpu_median(floor)
+    cpu_bound = cpu_floor * n / cores if cpu_floor is not None else None
+    print("\nCPU seconds of one server start (its process and children, when it first answered; median)")
+    print(f"  bare {cpu_bare if cpu_bare is not None else float('nan'):.2f} s, "
+          f"floor (our job's start) {cpu_floor if cpu_floor is not None else float('nan'):.2f} s")
+    if cpu_bound is not None:
+        print(f"  CPU-bound floor of {n} starts at once: {n} x {cpu_floor:.2f} s / {cores} cores = {cpu_bound:.2f} s")
     print("\nRatios of medians (same run, same cluster)")
-    print(ratio_line("ours / floor (1 user)", median(ours1), median(floor), "<= 1.2", lambda v: v <= 1.2))
+    print(ratio_line("ours / bare server start (1 user)", median(ours1), median(bare), "<= 1.2", lambda v: v <= 1.2))
+    print(ratio_line("ours / floor (1 user: what Slurm and the hub add)", median(ours1), median(floor)))
     print(ratio_line("stock / ours (1 user)", median(stock1), median(ours1), ">= 1.6", lambda v: v >= 1.6))
-    print(ratio_line(f"ours / stock ({n_concurrent} at once)", median(ours_n), median(stock_n), "<= 0.8",
+    print(ratio_line("stock spawner / ours, both on our env (1 user)", median(mixed1), median(ours1)))
+    print(ratio_line("stock env / our env, both stock spawner (1 user)", median(stock1), median(mixed1)))
+    print(ratio_line(f"ours all ready / CPU-bound floor ({n} at once)", makespan(ours_n), cpu_bound, "<= 1.25",
+                     lambda v: v <= 1.25))
+    print(ratio_line(f"ours / stock ({n} at once, each)", median(ours_n), median(stock_n), "<= 0.8",
                      lambda v: v <= 0.8))
-    print(ratio_line(f"ours / stock ({n_concurrent} at once, all ready)", makespan(ours_n), makespan(stock_n),
-                     "<= 0.8", lambda v: v <= 0.8))
+    print(ratio_line(f"ours / stock ({n} at once, all ready)", makespan(ours_n), makespan(stock_n), "<= 0.8",
+                     lambda v: v <= 0.8))
+    print(ratio_line(f"stock spawner / ours, our env ({n}, all ready)", makespan(mixed_n), makespan(ours_n)))
+    print(ratio_line(f"stock env / our env, stock spawner ({n}, all ready)", makespan(stock_n), makespan(mixed_n)))
     print("\nWhere the time goes (from slurmctld's and slurmd's logs and the server's own log; medians)")
-    for line in stage_table([("floor", floor), ("ours-1", ours1), ("stock-1", stock1),
-                             (f"ours-{n_concurrent}", ours_n), (f"stock-{n_concurrent}", stock_n)]):
+    columns = [(key.replace("-N", f"-{n}"), results[key]) for key in CASES]
+    for line in stage_table(columns):
         print(line)
     print("\nEach single-user spawn: total = the steps above, in that order (seconds)")
-    for samples in (floor, ours1, stock1):
-        for line in stage_rows(samples):
+    for key in ("bare", "floor", *SINGLE):
+        for line in stage_rows(results[key]):
             print(line)
-    for key in ("ours-N", "stock-N"):
+    for key in WAVES:
         for wave in sorted({s.wave for s in results[key]}):
             cells = sorted(f"{s.ready_s:.2f}" if s.ready_s is not None else "FAIL"
                            for s in results[key] if s.wave == wave)
-            print(f"    {key:<8} wave {wave}: {' '.join(cells)}")
+            print(f"    {key:<12} wave {wave}: {' '.join(cells)}")
     if bench.discarded:
         print("\nNot counted (other users' jobs in the queue): "
               + ", ".join(f"{s.case} {s.ready_s:.2f}" if s.ready_s is not None else f"{s.case} FAIL"
@@ -791,7 +869,7 @@ def report(bench: Bench, elapsed: float) -> None:
         print("Host CPU busy in the second before each round/wave (other work on this machine): "
               + ", ".join(f"{k} {v:.0%}" for k, v in bench.cpu.items()))
     load = os.getloadavg()
-    print(f"Load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs). "
+    print(f"Load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({cores} CPUs). "
           f"Whole run: {elapsed:.0f} s.")
 
 
@@ -873,40 +951,48 @@ class Bench:
         first = self.users[0]
         return {first: tokens[first]}
 
-    def run_floor(self, index: int) -> Sample:
+    def run_floor(self, case: str, index: int) -> Sample:
         assert self.workdir is not None
         user = self.users[0]
-        return floor_once(user, self.main_tokens[user], self.site.language, self.workdir / f"floor-{index}.log")
+        before = self.disturbed()
+        sample = floor_once(case, user, self.main_tokens[user], self.site.language,
+                            self.workdir / f"{case}-{index}.log")
+        sample.disturbed = before or self.disturbed()
+        return sample
 
     def run(self) -> None:
-        assert self.stock_hub is not None
+        assert self.stock_hub is not None and self.stock is not None
         single = {"profile": self.site.default_profile}
         wide = self.site.resources[self.args.concurrent_profile]
         ours_main, stock = self.main, self.stock_hub
         users = set(self.users)
         self.results = {key: [] for key in CASES}
+        hub_cases: dict[str, tuple[Hub, dict[str, str], dict[str, Any] | None]] = {
+            "ours-1": (ours_main, self.main_tokens, single),
+            "stock@ours-1": (stock, self.stock_tokens, self.stock.on_our_env()),
+            "stock-1": (stock, self.stock_tokens, None)}
+
+        def one_round(index: int, case_name: Callable[[str], str]) -> list[Sample]:
+            samples = [self.run_floor(case, index) for case in ("bare", "floor")]
+            for key, (hub, tokens, options) in hub_cases.items():
+                samples.append(self.measure(hub, self.one(tokens), options, case_name(key), 180)[0])
+            return samples
 
         say(f"waiting (up to {self.args.idle_wait:.0f} s) until no other Slurm jobs run")
         self.idle["1 user"] = wait_for_idle_cluster(users, self.args.idle_wait)
-        say("warm-up (not counted): one spawn each of floor, ours and stock")
-        for label, sample in (("floor", self.run_floor(0)),
-                              ("ours", self.measure(ours_main, self.one(self.main_tokens), single, "warm", 180)[0]),
-                              ("stock", self.measure(stock, self.one(self.stock_tokens), None, "warm", 180)[0])):
-            say(f"  warm-up {label}: " + (f"{sample.ready_s:.2f} s" if sample.ready_s is not None else sample.error))
+        say("warm-up (not counted): one start each of bare, floor, ours, stock@ours and stock")
+        for sample in one_round(0, lambda key: "warm " + key):
+            say(f"  warm-up {sample.case}: " + (f"{sample.ready_s:.2f} s" if sample.ready_s is not None
+                                               else sample.error))
 
-        # Rounds interleave floor, ours and stock, so that drift affects all three alike. A round during
-        # which someone else had jobs in the queue is repeated (at most `repeats` extra rounds).
+        # Rounds interleave all single-user cases, so that drift affects them alike. A round during which
+        # someone else had jobs in the queue is repeated (at most `repeats` extra rounds).
         kept, attempts, max_attempts = 0, 0, 2 * self.args.repeats
         while kept < self.args.repeats and attempts < max_attempts:
             attempts += 1
             self.idle["1 user"] &= wait_for_idle_cluster(users, 60)
             self.cpu[f"round {attempts}"] = cpu_busy()
-            before = self.disturbed()
-            floor = self.run_floor(attempts)
-            floor.disturbed = before or self.disturbed()
-            ours = self.measure(ours_main, self.one(self.main_tokens), single, "ours-1", 180)[0]
-            stock1 = self.measure(stock, self.one(self.stock_tokens), None, "stock-1", 180)[0]
-            round_samples = [floor, ours, stock1]
+            round_samples = one_round(attempts, lambda key: key)
             text = ", ".join(f"{s.case} {s.ready_s:.2f} s" if s.ready_s is not None else f"{s.case} FAILED ({s.error})"
                              for s in round_samples)
             disturbed = any(s.disturbed for s in round_samples)
@@ -915,13 +1001,14 @@ class Bench:
                 self.discarded += round_samples
                 continue
             kept += 1
-            for key, sample in zip(("floor", "ours-1", "stock-1"), round_samples, strict=True):
-                self.results[key].append(sample)
+            for sample in round_samples:
+                self.results[sample.case].append(sample)
             say(f"round {kept}/{self.args.repeats} (host CPU busy {self.cpu[f'round {attempts}']:.0%} before): {text}")
 
-        # Waves in the order ours, stock, stock, ours, ... so neither side always goes first.
+        # Waves in the order ours, stock@ours, stock, then the reverse, so no side always goes first.
         n = len(self.users)
         sides = [("ours-N", ours_main, self.main_tokens, {"profile": wide.slug}),
+                 ("stock@ours-N", stock, self.stock_tokens, self.stock.on_our_env(wide.stock_options())),
                  ("stock-N", stock, self.stock_tokens, wide.stock_options())]
         for wave in range(1, self.args.waves + 1):
             for key, hub, tokens, options in (sides if wave % 2 else sides[::-1]):
@@ -947,8 +1034,9 @@ class Bench:
 
         ctld = tail_text(SLURM_LOGS / "slurmctld.log")
         add_stages(self.results.get("ours-1", []) + self.results.get("ours-N", []), ctld, ours_log)
-        add_stages(self.results.get("stock-1", []) + self.results.get("stock-N", []), ctld, stock_log)
-        add_floor_stages(self.results.get("floor", []))
+        add_stages([s for key in ("stock@ours-1", "stock-1", "stock@ours-N", "stock-N")
+                    for s in self.results.get(key, [])], ctld, stock_log)
+        add_floor_stages(self.results.get("bare", []) + self.results.get("floor", []))
 
     def cleanup(self) -> None:
         say("cleaning up: servers, the stock hub and its proxy, jobs, users, the temporary directory")
@@ -962,7 +1050,8 @@ class Bench:
         cancel_jobs_of(self.users)
         with contextlib.suppress(requests.RequestException):
             self.main.delete_users(self.users)
-        if self.stock is not None and any(s.error for k in ("stock-1", "stock-N") for s in self.results.get(k, [])):
+        if self.stock is not None and any(s.error for k in CASES if k.startswith("stock")
+                                          for s in self.results.get(k, [])):
             print(f"--- stock hub log (last lines) ---\n{self.stock.log_tail('hub.log', 60)}\n---", file=sys.stderr)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -976,7 +1065,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrent", type=int, default=16, help="users started at once (16)")
     parser.add_argument("--concurrent-profile", default="gpu-1", help="profile of the concurrent wave (gpu-1)")
     parser.add_argument("--waves", type=int, default=2,
-                        help="concurrent waves per spawner, alternating ours/stock/stock/ours (2)")
+                        help="concurrent waves per side, in the order ours/stock@ours/stock, then the reverse (2)")
     parser.add_argument("--concurrent-timeout", type=float, default=300, help="seconds for a whole wave (300)")
     parser.add_argument("--idle-wait", type=float, default=240,
                         help="seconds to wait for other users' jobs to finish before measuring (240)")
@@ -1005,7 +1094,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     users = [f"{USER_PREFIX}{i:02d}" for i in range(1, args.concurrent + 1)]
-    bench = Bench(args, site, users, main_hub)
+    with recorded("spawn-latency"):
+        return measure_all(Bench(args, site, users, main_hub))
+
+
+def measure_all(bench: Bench) -> int:
+    """Set up, measure, clean up and report (also after Ctrl-C or an error); the exit code."""
+    args = bench.args
     started = time.monotonic()
     say(f"spawn-latency benchmark: {args.repeats} x 1 user and {args.concurrent} at once; "
         f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")

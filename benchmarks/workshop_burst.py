@@ -18,7 +18,8 @@ For each: time until all are ready, the median, failures (target 0), and the hub
 the burst (``GET /hub/api/`` every 100 ms; p50/p95/max). The seats are as many as the profile's partition
 holds (the cluster says how many when fewer than asked). Everything the run made is removed afterwards:
 the workshop is ended, its temporary accounts disabled and their Unix accounts removed, the stock hub
-stopped; benchmark users ``wsb01``.. keep their Unix accounts for the next run.
+stopped; benchmark users ``wsb01``.. keep their Unix accounts for the next run. Everything printed also
+goes to ``benchmarks/results/workshop-burst-<date>-<commit>.txt``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
+from record import recorded
 from spawn_latency import (
     MAIN_PROXY_API,
     MAIN_PUBLIC,
@@ -260,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     site = Site.load(SITE_FILE)
     if args.profile not in site.resources or not 1 <= args.seats <= 200:
         parser.error("--profile must be a profile of the site file and --seats 1..200")
+    with recorded("workshop-burst"):
+        return burst(args, site)
+
+
+def burst(args: argparse.Namespace, site: Site) -> int:
+    """Both bursts (and the warm joins), the report, then the cleanup; the exit code."""
     main_hub = Hub("main hub", MAIN_PUBLIC, MAIN_PROXY_API, (STATE / "lab-service-token").read_text().strip(),
                    (STATE / "proxy-token").read_text().strip())
     made: list[str] = []  # the workshops this run made (ids)

@@ -6,6 +6,8 @@ background thread waits until that port accepts connections and only then posts
 
 JupyterLab's language follows the hub's (``AIFL_LANG``): see :func:`language_environment`. Before the
 server starts, the lab's example notebooks are brought to ``~/examples`` (:mod:`aifl_notebook.examples`).
+The server itself runs in this process (:func:`run_server`), started with less CPU than
+``jupyterhub-singleuser`` needs on its own (see :func:`node_hidden`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -104,9 +107,45 @@ def main() -> None:
     os.environ["JUPYTERHUB_SERVICE_URL"] = f"{scheme}://{ip}:{port}{prefix}"
     os.environ.update(language_environment(os.environ))
     threading.Thread(target=report_port_when_listening, args=(ip, port, prefix), daemon=True).start()
+    run_server(sys.argv[1:])
+
+
+def without_node(path: str) -> str:
+    """``path`` (a PATH value) without the directories that hold a ``node`` or ``nodejs`` program."""
+    kept = [d for d in path.split(os.pathsep)
+            if d and not any(os.access(os.path.join(d, name), os.X_OK) for name in ("node", "nodejs"))]
+    # An empty PATH would mean the default search path (which has node on most systems).
+    return os.pathsep.join(kept) or os.devnull
+
+
+@contextmanager
+def node_hidden() -> Iterator[None]:
+    """PATH without Node.js for the ``with`` block, then the job's PATH again.
+
+    Importing ``jupyterlab.labapp`` asks yarn, a Node.js program, for its package registry whenever
+    ``node`` is on PATH: about 0.25 s of CPU, a quarter of a server start. The registry serves only to
+    install extensions, which a session never does (its extension manager is read-only); without node
+    JupyterLab takes its default registry, the same one yarn's answer leads to in this environment.
+    Kernels, terminals and everything else the server starts keep the job's PATH.
+    """
+    saved = os.environ.get("PATH")
+    os.environ["PATH"] = without_node(saved or os.defpath)
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["PATH"]
+        else:
+            os.environ["PATH"] = saved
+
+
+def run_server(args: Sequence[str]) -> None:
+    """Run ``jupyterhub-singleuser args`` in this process, JupyterLab imported without the yarn lookup."""
+    with node_hidden():
+        import jupyterlab.labapp  # noqa: F401 - the import that would start yarn
     from jupyterhub.singleuser import main as singleuser_main
 
-    sys.argv = ["jupyterhub-singleuser", *sys.argv[1:]]
+    sys.argv = ["jupyterhub-singleuser", *args]
     singleuser_main()
 
 
