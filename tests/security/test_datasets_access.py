@@ -1,20 +1,23 @@
 """Data sets on the shelf, as real Unix users on the running lab: the file system decides who reads what.
 
-A member of an organisation a controlled data set lists reads it; anybody else gets "permission denied"
-(EACCES), also after leaving the organisation, and ``~/datasets/README.md`` (made by the user's own session
-code, with their groups) says why and how to get access. The root helper that sets the data set groups
-refuses every command line it was not made for.
+A member of an organisation a controlled data set lists reads it (from a shell and inside a Slurm job);
+anybody else gets "permission denied" (EACCES), also after leaving the organisation, and
+``~/datasets/README.md`` (made by the user's own session code, with their groups) says why and how to
+get access. The root helper that sets the data set groups refuses every command line it was not made for.
 """
 
 from __future__ import annotations
 
 import errno
+import grp
+import secrets
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from attacker import as_user, shell_as
-from conftest import Hub
+from conftest import Hub, browser_session, remove_account
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_root_helpers import NAME, ODD, text
@@ -71,6 +74,34 @@ def test_a_member_reads_the_controlled_set_and_anybody_else_is_refused(hub: Hub,
     assert "Je hebt geen toegang" in _session_start(member)
     assert not Path(f"/home/{member}/datasets/cohort").exists()
 
+
+
+def test_a_slurm_job_reads_the_controlled_set_only_for_a_member(users):
+    """Sessions and batch work run as Slurm jobs: a job gets the groups the user has when it starts."""
+    member, _ = users("dj", org="umcg")
+    other, _ = users("dk", org="noorderveld")
+    code = (f"try:\n    print(open({COHORT + '/visits.csv'!r}).readline().split(',')[0])\n"
+            "except OSError as e:\n    print(e.errno)")
+    job = ["srun", "--partition=cpu", "--ntasks=1", "--cpus-per-task=1", "--mem=256M", "--time=2", "--quiet",
+           "python3", "-c", code]
+    assert as_user(member, job, timeout=120).stdout.strip() == "participant_id"
+    assert as_user(other, job, timeout=120).stdout.strip() == str(errno.EACCES)
+
+
+def test_approving_a_sign_up_for_an_organisation_gives_its_controlled_set(hub: Hub):
+    """The admin approves someone who said "UMCG" at sign-up: the confirmed member reads the cohort at once."""
+    name = f"da{secrets.token_hex(3)}"
+    try:
+        browser_session(name, secrets.token_urlsafe(12), signup=True, organisation="umcg").close()
+        deadline = time.monotonic() + 60  # the approval's answer comes before its Unix account and groups are made
+        while name not in grp.getgrnam("aifl-ds-cohort").gr_mem and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert name in grp.getgrnam("aifl-ds-cohort").gr_mem
+        read = shell_as(name, f"head -n 1 {COHORT}/participants.csv")
+        assert read.returncode == 0 and read.stdout.startswith("participant_id,"), read
+    finally:
+        hub.api("DELETE", f"/users/{name}")
+        remove_account(name)
 
 
 @FEW
