@@ -267,6 +267,46 @@ def test_the_script_asks_slurm_for_the_profile_and_runs_papermill():
         "/home/alice/batch-runs/train-20261201-220000/output.ipynb", "-p", "epochs", "5", "-r", "model", "small"]
 
 
+def test_a_restarted_run_keeps_the_earlier_output_and_notes_when_it_restarted(tmp_path, argv_dumper):
+    run_dir = tmp_path / "train-20261201-220000"
+    run_dir.mkdir()
+    script = build_batch_script(_job(run_dir=str(run_dir), python=str(argv_dumper)))
+    assert "#SBATCH --requeue" in script.splitlines() and "#SBATCH --open-mode=append" in script.splitlines()
+    body = script.split("\n", 1)[1]
+    first = subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=30, check=False,
+                           env={"PATH": "/usr/bin:/bin"})
+    assert first.returncode == 0, first.stderr
+    assert batch.read_restarts(run_dir) == () and sorted(p.name for p in run_dir.iterdir()) == []
+    (run_dir / "output.ipynb").write_text("the first attempt")
+    for count in ("1", "2"):  # Slurm requeued the job: SLURM_RESTART_COUNT counts the restarts
+        again = subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=30, check=False,
+                               env={"PATH": "/usr/bin:/bin", "SLURM_RESTART_COUNT": count})
+        assert again.returncode == 0, again.stderr
+        (run_dir / "output.ipynb").write_text(f"attempt after restart {count}")
+    assert (run_dir / "output-before-restart-1.ipynb").read_text() == "the first attempt"
+    assert (run_dir / "output-before-restart-2.ipynb").read_text() == "attempt after restart 1"
+    restarts = batch.read_restarts(run_dir)
+    assert len(restarts) == 2 and all(datetime.fromisoformat(r) for r in restarts)
+
+
+def test_why_a_run_was_requeued_is_read_from_its_earlier_records():
+    sacct = "7|PREEMPTED\n7|RUNNING\n8|NODE_FAIL\n8|PENDING\n9|REQUEUED\n9|RUNNING\n10|RUNNING\nx|FAILED\n"
+    assert batch.requeue_causes(sacct) == {"7": "preempted", "8": "node", "9": "requeued"}
+
+
+def test_a_requeued_run_says_so_in_its_state():
+    queued = {"42": ("RUNNING", "2001-02-03T10:04:00")}
+    run = describe_run(META, FOLDER, queued, {}, None, now=NOW, restarts=("2001-02-03T10:04:00",),
+                       requeued_by="preempted")
+    assert run.state_text("en") == ("running — requeued: regional work needed the GPU, restarted from the start "
+                                    "at 2001-02-03 10:04; the earlier output is kept beside it")
+    assert run.state_text("nl").startswith("loopt — opnieuw in de wachtrij: regionaal werk had de GPU nodig")
+    node = describe_run(META, FOLDER, queued, {}, None, now=NOW, restarts=("2001-02-03T10:04:00",),
+                        requeued_by="node")
+    assert "requeued: its node failed" in node.state_text("en")
+    assert describe_run(META, FOLDER, queued, {}, None, now=NOW, requeued_by="node").state_text("en") == "running"
+
+
 def test_the_script_without_gpus_account_or_start_time():
     script = build_batch_script(_job(resources=Resources("cpu", 0, 2, 8, 1), account="", qos=""))
     assert "--gres" not in script and "--account" not in script and "--qos" not in script
@@ -295,20 +335,20 @@ def test_unsafe_values_never_reach_the_script(change):
 
 
 def _assert_shape(script: str) -> None:
-    """Only #SBATCH lines of one word each, then the fixed commands (with GPUs and a home: the energy meter's
-    line before exec): nothing was added by a value."""
+    """Only #SBATCH lines of one word each, then the fixed commands (the restart line; with GPUs and a home the
+    energy meter's line before exec): nothing was added by a value."""
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash" and script.endswith("\n")
     head = [line for line in lines[1:] if line.startswith("#")]
     assert all(line.startswith("#SBATCH --") and " " not in line.removeprefix("#SBATCH ") for line in head)
-    assert len(head) <= 16
+    assert len(head) <= 18
     assert [line.split(" ", 1)[0].split("=", 1)[0] for line in lines[1 + len(head):]] in (
-        ["set", "umask", "export", "exec"], ["set", "umask", "export", "if", "exec"])
+        ["set", "umask", "export", "if", "exec"], ["set", "umask", "export", "if", "if", "exec"])
 
 
 def test_a_gpu_run_starts_the_energy_meter_and_a_cpu_run_does_not():
     script = build_batch_script(_job(home="/home/alice"))
-    meter = next(line for line in script.splitlines() if line.startswith("if "))
+    meter = next(line for line in script.splitlines() if line.startswith("if ") and "energy" in line)
     assert meter == ("if [ -x /opt/aifl/envs/default/bin/aifl-energy-agent ]; then /opt/aifl/envs/default/bin/"
                      'aifl-energy-agent --output /home/alice/.aifl/energy/job-"$SLURM_JOB_ID".json & fi')
     _assert_shape(script)
@@ -646,10 +686,10 @@ def _notebook(*sources: str, parameters: str = "") -> str:
 
 
 class LabUser:
-    """The batch API run as ``name`` through runuser, with a minimal session-like environment."""
+    """The batch API run as ``name`` through runuser, with a minimal session-like environment (plus ``env``)."""
 
-    def __init__(self, name: str, token: str) -> None:
-        self.name, self.token = name, token
+    def __init__(self, name: str, token: str, env: dict[str, str] | None = None) -> None:
+        self.name, self.token, self.env = name, token, env or {}
         self.home = Path(pwd.getpwnam(name).pw_dir)
 
     def write(self, relative: str, text: str) -> None:
@@ -664,7 +704,7 @@ class LabUser:
                "JUPYTERHUB_SERVICE_PREFIX": f"/user/{self.name}/", "AIFL_LANG": "en",
                "SLURM_JOB_ID": "999999", "SLURM_JOB_ACCOUNT": "lab", "SLURM_JOB_QOS": "interactive",
                # a session job's own settings, which must not reach (or break) the batch job
-               "SLURM_CPUS_PER_TASK": "64", "SLURM_MEM_PER_NODE": "1", "SBATCH_PARTITION": "nosuch"}
+               "SLURM_CPUS_PER_TASK": "64", "SLURM_MEM_PER_NODE": "1", "SBATCH_PARTITION": "nosuch", **self.env}
         result = subprocess.run(["runuser", "-u", self.name, "--", "env", "-i",
                                  *(f"{k}={v}" for k, v in env.items()), str(PYTHON), "-c", API, what, json.dumps(arg)],
                                 capture_output=True, text=True, timeout=120, check=False, cwd="/")

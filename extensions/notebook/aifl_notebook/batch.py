@@ -55,6 +55,7 @@ from .i18n import N_, gettext_for
 
 RUNS_DIR = "batch-runs"
 INPUT, OUTPUT, LOG, SCRIPT, META = "input.ipynb", "output.ipynb", "run.log", "job.sh", "run.json"
+RESTARTS = "restarts.txt"  # the job writes the time of each restart after Slurm requeued it
 JOB_NAME = "aifl-batch"
 MAX_TEXT = 2000  # characters of a string parameter
 SYSTEM_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
@@ -189,6 +190,8 @@ class BatchRun:
     grid_wait: bool = False
     expected_start: str = ""
     grid_reason: str = ""
+    restarts: tuple[str, ...] = ()  # when the run started again after Slurm requeued it (ISO times)
+    requeued_by: str = ""  # why Slurm requeued it last: "preempted", "node" or "requeued"
 
     @property
     def output(self) -> Path:
@@ -215,7 +218,13 @@ class BatchRun:
                 return _("waiting for a quiet grid — expected to start around {time}").format(
                     time=_clock(self.expected_start))
             return _("waiting for a quiet grid")
-        return _(STATE_LABELS.get(self.state, STATE_LABELS["unknown"]))
+        words = _(STATE_LABELS.get(self.state, STATE_LABELS["unknown"]))
+        if not self.restarts:
+            return words
+        why = {"preempted": _("requeued: regional work needed the GPU"),
+               "node": _("requeued: its node failed")}.get(self.requeued_by, _("requeued by Slurm"))
+        return _("{state} — {why}, restarted from the start at {time}; the earlier output is kept beside it").format(
+            state=words, why=why, time=_clock(self.restarts[-1]))
 
 
 def _clock(moment: str, now: datetime | None = None) -> str:
@@ -469,6 +478,10 @@ def build_batch_script(job: BatchJob) -> str:
         "#!/bin/bash",
         f"#SBATCH --job-name={job.job_name}",
         f"#SBATCH --output={job.run_dir}/{LOG}",
+        # Batch work is requeued when regional work needs its GPU (or its node fails); a restart appends to
+        # the log and keeps the earlier output beside the fresh one.
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
         f"#SBATCH --chdir={job.run_dir}",
         f"#SBATCH --export={','.join(job.export_names) or 'NONE'}",
         f"#SBATCH --partition={res.partition}",
@@ -489,12 +502,16 @@ def build_batch_script(job: BatchJob) -> str:
         lines.append(f"#SBATCH --begin={job.begin}")
     if job.deadline:
         lines += ["#SBATCH --hold", f"#SBATCH --comment={GRID_TAG}:deadline={job.deadline}"]
+    restarts, output, earlier = (shlex.quote(f"{job.run_dir}/{name}") for name in (RESTARTS, OUTPUT,
+                                                                                     "output-before-restart-"))
     command = [job.python, "-m", "papermill", "--no-progress-bar", "--log-output", "--cwd", job.workdir,
                f"{job.run_dir}/{INPUT}", f"{job.run_dir}/{OUTPUT}", *papermill_arguments(job.parameters)]
     lines += [
         "set -euo pipefail",
         "umask 0077",
         "export PATH=" + ":".join(shlex.quote(d) for d in job.path_dirs),
+        f'if [ "${{SLURM_RESTART_COUNT:-0}}" -gt 0 ]; then date +%Y-%m-%dT%H:%M:%S >> {restarts}; '
+        f'if [ -f {output} ]; then mv {output} {earlier}"$SLURM_RESTART_COUNT".ipynb; fi; fi',
     ]
     if res.gpus and job.home:
         # The job's energy meter (NVML), as in a session: it ends by itself on a node without NVML.
@@ -532,6 +549,33 @@ def parse_sacct(text: str) -> dict[str, tuple[str, float | None]]:
     return jobs
 
 
+def requeue_causes(text: str) -> dict[str, str]:
+    """Why each job was last requeued, from the earlier records of ``sacct -D -X -n -P -o JobIDRaw,State``.
+
+    ``preempted`` (regional work took its GPU), ``node`` (its node failed) or ``requeued`` (otherwise).
+    """
+    records: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 2 and _JOB_ID.match(parts[0]):
+            records.setdefault(parts[0], []).append(parts[1].split(" ")[0])
+    causes = {}
+    for job, states in records.items():
+        earlier = states[:-1]
+        if earlier:
+            causes[job] = {"PREEMPTED": "preempted", "NODE_FAIL": "node"}.get(earlier[-1], "requeued")
+    return causes
+
+
+def read_restarts(folder: Path) -> tuple[str, ...]:
+    """The restart times the job wrote into ``folder`` (well-formed lines only; none without the file)."""
+    try:
+        text = (folder / RESTARTS).read_text(encoding="utf-8", errors="replace")[:10_000]
+    except OSError:
+        return ()
+    return tuple(line for line in text.split() if _BEGIN.match(line))
+
+
 def notebook_outcome(notebook: Mapping[str, Any]) -> tuple[bool | None, float | None, str]:
     """From an output notebook papermill wrote: (failed or None if unknown, duration, the error's message)."""
     meta = notebook.get("metadata", {}).get("papermill", {}) if isinstance(notebook, Mapping) else {}
@@ -559,11 +603,13 @@ def _since(start: str, now: datetime) -> float | None:
 def describe_run(meta: Mapping[str, Any], folder: Path, queued: Mapping[str, tuple[str, str]],
                  accounted: Mapping[str, tuple[str, float | None]], output: Mapping[str, Any] | None,
                  log_tail: str = "", prefix: str = "/", now: datetime | None = None, *,
-                 held: Collection[str] = (), grid_jobs: Mapping[str, Any] | None = None) -> BatchRun:
+                 held: Collection[str] = (), grid_jobs: Mapping[str, Any] | None = None,
+                 restarts: Sequence[str] = (), requeued_by: str = "") -> BatchRun:
     """A :class:`BatchRun` from its metadata, squeue's and sacct's answers and the output notebook.
 
     ``held``: jobs Slurm holds for their user (``JobHeldUser``); ``grid_jobs``: the grid service's
-    published waiting jobs (``{job: {"reason", "expected_start"}}``).
+    published waiting jobs (``{job: {"reason", "expected_start"}}``); ``restarts``: when the job started
+    again after a requeue (:func:`read_restarts`), ``requeued_by`` why (:func:`requeue_causes`).
     """
     now = now or datetime.now()
     job_id = str(meta.get("job_id", ""))
@@ -599,7 +645,8 @@ def describe_run(meta: Mapping[str, Any], folder: Path, queued: Mapping[str, tup
                     parameters=dict(meta.get("parameters") or {}), begin=str(meta.get("begin", "")),
                     deadline=deadline, grid_wait=grid_wait,
                     expected_start=expected if isinstance(expected, str) and _BEGIN.match(expected) else "",
-                    grid_reason=str(waiting.get("reason", "")))
+                    grid_reason=str(waiting.get("reason", "")), restarts=tuple(restarts),
+                    requeued_by=requeued_by if restarts else "")
 
 
 # ---- the session around it -------------------------------------------------------------------------------
@@ -808,11 +855,18 @@ def list_runs(*, env: Mapping[str, str] | None = None, home: Path | None = None)
         held = {line.split("|")[0] for line in (result.stdout.splitlines() if result and result.returncode == 0 else ())
                 if line.strip().endswith("|" + HELD_REASON)}
         grid_jobs = grid_status().get("jobs") or {}
+    restarts = {str(meta["job_id"]): read_restarts(folder) for folder, meta in metas}
+    causes: dict[str, str] = {}
+    if restarted := [job for job, times in restarts.items() if times]:
+        result = _slurm("sacct", "-D", "-X", "-n", "-P", "-j", ",".join(restarted), "-o", "JobIDRaw,State")
+        causes = requeue_causes(result.stdout) if result and result.returncode == 0 else {}
     runs = []
     for folder, meta in metas:
         output = _read_json(folder / OUTPUT)
+        job = str(meta["job_id"])
         runs.append(describe_run(meta, folder, queued, accounted, output if isinstance(output, dict) else None,
-                                 _log_tail(folder / LOG), _prefix(env), held=held, grid_jobs=grid_jobs))
+                                 _log_tail(folder / LOG), _prefix(env), held=held, grid_jobs=grid_jobs,
+                                 restarts=restarts[job], requeued_by=causes.get(job, "")))
     return runs
 
 
