@@ -10,12 +10,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
 from aifl_hub import datasets
+from aifl_hub.procs import LabError
 from aifl_hub.site import SiteError, validate_site
 from aifl_notebook import datasets as session_datasets
 from conftest import BASE, Hub
@@ -109,6 +111,34 @@ def test_lab_up_keeps_the_helpers_members_and_adds_the_confirmed_ones(site):
     assert datasets.group_members(cohort, current, members, lab) == ["ann", "carl"]
     settings = json.loads(datasets.helper_settings(validate_site(site)))
     assert settings["sets"] == {"aifl-ds-cohort": ["umcg"]} and "noorderveld" in settings["organisations"]
+
+
+def test_lab_up_refuses_a_location_below_a_folder_others_may_write(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    location = shared / "data" / "cohort"
+    with pytest.raises(LabError, match="only root may write") as refused:
+        datasets._check_parents(location)
+    named = Path(str(refused.value).split(" (above", 1)[0])
+    assert named in location.parents and named.stat().st_mode & 0o022  # the first folder others may write
+    assert not (shared / "data").exists()
+
+
+def test_sealing_makes_a_data_set_root_owned_and_read_only_without_following_links(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not part of the data set")
+    outside.chmod(0o600)
+    location = tmp_path / "set"
+    (location / "part").mkdir(parents=True)
+    (location / "part" / "rows.csv").write_text("a,b\n")
+    (location / "part" / "rows.csv").chmod(0o666)
+    (location / "elsewhere").symlink_to(outside)
+    datasets._seal(location, 0, 0o550)
+    assert stat.S_IMODE(location.stat().st_mode) == 0o550
+    assert stat.S_IMODE((location / "part").stat().st_mode) == 0o555
+    assert stat.S_IMODE((location / "part" / "rows.csv").stat().st_mode) == 0o444
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o600
 
 
 def _catalogue_file(tmp_path: Path, site: dict) -> tuple[Path, dict[str, str]]:

@@ -179,9 +179,6 @@ def _check_parents(location: Path) -> None:
 
 def _seal(location: Path, gid: int, top_mode: int) -> None:
     """Make ``location`` root-owned and read-only (links are never followed), its top folder ``top_mode``."""
-    info = location.lstat()
-    if not stat.S_ISDIR(info.st_mode):
-        raise LabError(f"the data set location {location} is not a folder")
     for folder, dirs, files in os.walk(location):
         for name in dirs + files:
             path = os.path.join(folder, name)
@@ -241,6 +238,8 @@ def install(site: Site, helper_settings_path: Path = SETTINGS_FILE) -> list[str]
         location = Path(dataset["location"])
         _check_parents(location)
         location.mkdir(mode=0o755, exist_ok=True)
+        if not stat.S_ISDIR(location.lstat().st_mode):  # a link is never followed
+            raise LabError(f"the data set location {location} is a link or not a folder")
         if "sample" in dataset and site["cluster"]["mode"] == "embedded":
             for name, content in sample_files(dataset).items():
                 write_file(location / name, content, mode=0o444)

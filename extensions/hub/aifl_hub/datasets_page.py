@@ -31,7 +31,7 @@ class DatasetsHandler(BaseHandler):
         org = organisation_of(site, [group.name for group in self.current_user.groups])
         lang = request_language(self)
         html = await self.render_template("datasets.html", datasets=catalogue(site, org["name"] if org else None, lang),
-                                          access_labels=ACCESS_LABELS, organisation=org)
+                                          access_labels=ACCESS_LABELS)
         self.finish(html)
 
 
