@@ -195,11 +195,11 @@ def report(rounds: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\n{args.workers} workers x 1 core, {args.tasks} tasks of ~13 ms, {args.rounds} rounds; "
           f"host: {os.cpu_count()} real cores. Median [min – max] over the rounds; the ratio is that of each "
           "round's pair")
-    print(f"{'':32}{'LocalCluster':>22}{'SLURMCluster':>22}{'ratio S/L':>22}")
+    print(f"{'':32}{'LocalCluster':>24}{'SLURMCluster':>24}{'ratio S/L':>24}")
     for key, label in (("startup_s", "time until all workers up (s)"), ("tasks_per_s", "throughput (tasks/s)"),
                        ("tasks_per_s_per_core", "per core (tasks/s/core)")):
-        print(f"{label:32}{spread(values('local', key)):>22}{spread(values('slurm', key)):>22}"
-              f"{spread(ratios(key)):>22}")
+        print(f"{label:32}{spread(values('local', key)):>24}{spread(values('slurm', key)):>24}"
+              f"{spread(ratios(key)):>24}")
     for r in rounds:
         print(f"  round {r['round']} {r['kind']:5}: up in {r['startup_s']:.2f} s, {r['tasks_per_s']:.1f} tasks/s, "
               f"load {r['load']:.1f}, workers on host CPUs {' | '.join(r['worker_cpus'])}")

@@ -121,15 +121,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cpu_times() -> tuple[int, int]:
+    """The host's CPU time so far in clock ticks, all CPUs: (total without guest time, idle + iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields[:8]), fields[3] + fields[4]
+
+
+def busy_seconds(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """CPU seconds the host spent not idle between two :func:`cpu_times` samples (all CPUs together)."""
+    return ((after[0] - after[1]) - (before[0] - before[1])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_busy(seconds: float = 1.0) -> float:
     """Share of the host's CPU time that was not idle over ``seconds`` (from /proc/stat)."""
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields[:8]), fields[3] + fields[4]  # total (without guest time), idle + iowait
-
-    total0, idle0 = sample()
+    total0, idle0 = cpu_times()
     time.sleep(seconds)
-    total1, idle1 = sample()
+    total1, idle1 = cpu_times()
     return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
 
@@ -824,6 +831,11 @@ def report(bench: Bench, elapsed: float) -> None:
           f"floor (our job's start) {cpu_floor if cpu_floor is not None else float('nan'):.2f} s")
     if cpu_bound is not None:
         print(f"  CPU-bound floor of {n} starts at once: {n} x {cpu_floor:.2f} s / {cores} cores = {cpu_bound:.2f} s")
+    if bench.wave_cpu:
+        starts = f"{n * cpu_floor:.1f}" if cpu_floor is not None else "n/a"
+        print(f"  host CPU seconds from a wave's first POST until all were ready (everything on the machine: the "
+              f"servers, hubs, Slurm, this script; {n} floor starts take {starts} s): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in bench.wave_cpu.items()))
     print("\nRatios of medians (same run, same cluster)")
     print(ratio_line("ours / bare server start (1 user)", median(ours1), median(bare), "<= 1.2", lambda v: v <= 1.2))
     print(ratio_line("ours / floor (1 user: what Slurm and the hub add)", median(ours1), median(floor)))
@@ -908,6 +920,7 @@ class Bench:
     discarded: list[Sample] = field(default_factory=list)
     idle: dict[str, bool] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
+    wave_cpu: dict[str, float] = field(default_factory=dict)  # host CPU seconds from a wave's POSTs to all ready
 
     def disturbed(self) -> bool:
         return bool(other_jobs(set(self.users)))
@@ -918,8 +931,10 @@ class Bench:
         # slurmctld starts pending jobs on a ~1 s tick: a random phase gives both spawners the same expected
         # wait (without it the fixed rhythm of this loop can land one of them on the same phase every time).
         time.sleep(random.uniform(0, 1))
-        before = self.disturbed()
+        before, ticks = self.disturbed(), cpu_times()
         samples = spawn_wave(hub, tokens, options, case, timeout, wave)
+        if wave:
+            self.wave_cpu[f"{case} wave {wave}"] = busy_seconds(ticks, cpu_times())
         after = self.disturbed()
         for s in samples:
             s.disturbed = before or after
