@@ -17,7 +17,8 @@ until ``GET /user/NAME/api/status`` answers 200 through the proxy, for
 * floor: the server started directly as the user (no Slurm, no hub spawn), timed until
   ``/user/NAME/api/status`` answers 200 with a token of that user, twice: ``bare`` is
   ``jupyterhub-singleuser`` as installed, ``floor`` the server as our session job starts it
-  (``aifl_notebook.singleuser.run_server``, without the job's port report). The CPU seconds that one
+  (``aifl-singleuser``: the example notebooks, the language, ``run_server``; without the job's port
+  report to the hub). The CPU seconds that one
   ``floor`` start takes (its process and children, at the moment it answers) give the CPU-bound floor
   of M starts at once: M x CPU seconds / CPU cores.
 
@@ -88,8 +89,10 @@ STOCK_EXTRAS = ("rfc3987-syntax==1.1.0", "lark==1.3.1")
 CASES = ("bare", "floor", "ours-1", "stock@ours-1", "stock-1", "ours-N", "stock@ours-N", "stock-N")
 SINGLE = ("ours-1", "stock@ours-1", "stock-1")  # spawns of one user through a hub
 WAVES = ("ours-N", "stock@ours-N", "stock-N")
-# The floor: our session job's server start (aifl-singleuser without the port report), run directly.
-FLOOR_CODE = "import sys; from aifl_notebook.singleuser import run_server; run_server(sys.argv[1:])"
+# The floor: our session job's server start (aifl-singleuser's main without the port report), run directly.
+FLOOR_CODE = ("import os, sys; from aifl_notebook.examples import install_at_start; "
+              "from aifl_notebook.singleuser import language_environment, run_server; install_at_start(); "
+              "os.environ.update(language_environment(os.environ)); run_server(sys.argv[1:])")
 POLL_S = 0.05  # readiness polling interval (all three cases)
 USER_PREFIX = "bench"
 _T0 = time.monotonic()
