@@ -148,3 +148,19 @@ def test_a_wait_goes_on_after_a_hub_restart_and_keeps_its_place(hub, users):
         slurm("scancel", *fillers)
         server = hub.wait_ready(name, timeout=120)
         assert server["ready"] and hub.job_of(name) == job
+
+
+def test_the_spawn_page_starts_like_last_time(hub, users):
+    name, token, browser = users.with_login()
+    assert re.search(r'id="profile-cpu-small" value="cpu-small"\s+aria-describedby="[^"]+" checked',
+                     page(browser, "/hub/spawn"))  # the first time: the site's default
+    r = hub.api("POST", f"/users/{name}/server", token=token, json={"user_options": {"profile": "gpu-1", "hours": 2}})
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready(name)
+    hub.api("DELETE", f"/users/{name}/server", token=token)
+    hub.wait_gone(name)
+    text = page(browser, "/hub/spawn")
+    assert re.search(r'id="profile-gpu-1" value="gpu-1"\s+aria-describedby="[^"]+" checked', text)
+    assert not re.search(r'id="profile-cpu-small" value="cpu-small"\s+aria-describedby="[^"]+" checked', text)
+    hours = 'id="profile-option-gpu-1--hours" name="profile-option-gpu-1--hours" value="2"'
+    assert hours in card(text, "gpu-1")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from aifl_hub.energy import estimate_session
 from aifl_hub.site import load_site
-from aifl_hub.spawnform import FormState, build_cards, energy_line, what_you_get
+from aifl_hub.spawnform import FormState, build_cards, energy_line, last_used, what_you_get
 
 SITE = load_site(Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml")
 
@@ -60,3 +60,16 @@ def test_a_refused_form_comes_back_with_its_values_and_the_error_at_its_field():
     assert (reservation.typed, reservation.unlisted_error) == ("Bad Name", state.message)
     assert gpu.open_advanced  # the error is not hidden in a folded section
     assert cards[2].options[0].value == "4"  # other cards keep their defaults
+
+
+def test_the_form_starts_like_last_time():
+    last = last_used({"profile": "gpu-1", "hours": 3})
+    assert last == FormState(profile="gpu-1", values={"profile-option-gpu-1--hours": "3"})
+    cards = build_cards(SITE, "en", [], state=last)
+    assert [c.profile["slug"] for c in cards if c.selected] == ["gpu-1"]
+    assert {o.key: o.value for o in cards[1].options}["hours"] == "3"
+    assert not any(o.error for c in cards for o in [*c.options, *c.advanced])
+    # No earlier start, or one with a profile the user may no longer use: the site's default.
+    assert last_used({}) is None and last_used(None) is None and last_used({"profile": ["gpu-1"]}) is None
+    cards = build_cards(SITE, "en", [], state=last_used({"profile": "workshop-seat"}))
+    assert [c.profile["slug"] for c in cards if c.selected] == ["cpu-small"]

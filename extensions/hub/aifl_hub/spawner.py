@@ -56,7 +56,7 @@ from .queue import explain_reason, queue_place
 from .script import JobSpec, build_script
 from .site import Site, load_site
 from .slurm import JobInfo, SlurmClient, SlurmError, SlurmUnavailable, run_argv
-from .spawnform import FormState, build_cards
+from .spawnform import FormState, build_cards, last_used
 from .workshops import Seat, seat_for
 
 LANG_COOKIE = "aifl-lang"
@@ -250,7 +250,7 @@ class SlurmLabSpawner(SlurmSpawner):
 
     async def _render_options_form(self, spawner: SlurmLabSpawner) -> str:
         lang = self._request_language()
-        state, self.form_state = self.form_state, None
+        state, self.form_state = self.form_state or last_used(self.user_options), None
         profiles = profile_list(self.site, self.groups)
         cards = build_cards(self.site, lang, self.groups, state=state,
                             availability=await self._availability(profiles, lang),

@@ -99,6 +99,18 @@ def energy_line(kwh_per_hour: float, hours: int, lang: str) -> Markup:
         hours=Markup('<span data-hours="">{}</span>').format(hours))
 
 
+def last_used(options: Mapping[str, Any] | None) -> FormState | None:
+    """The form as the user last sent it (JupyterHub keeps each start's ``user_options``): start like last time.
+
+    ``None`` when there is no earlier start with a profile; values are shown as sent and checked on submit.
+    """
+    slug = (options or {}).get("profile")
+    if not isinstance(slug, str):
+        return None
+    return FormState(profile=slug, values={form_field(slug, key): str(value) for key, value in (options or {}).items()
+                                           if key != "profile" and isinstance(value, str | int | float)})
+
+
 def build_cards(site: Site, lang: str, groups: Collection[str] | None, *,
                 availability: Mapping[str, tuple[str, str]] | None = None,
                 kwh_per_hour: Callable[[Mapping[str, Any]], float | None] | None = None,
