@@ -533,9 +533,9 @@ def test_widget_outside_a_session_says_so() -> None:
 class Kernel:
     """A kernel of a running session, driven through Jupyter Server's REST and websocket API."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, name: str = "python3") -> None:
         self.url, self.headers = url, {"Authorization": f"token {token}"}
-        r = requests.post(f"{url}api/kernels", headers=self.headers, json={"name": "python3"}, timeout=60)
+        r = requests.post(f"{url}api/kernels", headers=self.headers, json={"name": name}, timeout=60)
         assert r.status_code == 201, r.text
         self.id = r.json()["id"]
 

@@ -6,8 +6,10 @@ import asyncio
 import json
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
+from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
@@ -40,6 +42,7 @@ def load(serverapp: Any) -> None:
     web_app.settings[SETTINGS_KEY] = clock
     web_app.add_handlers(".*$", [(url_path_join(web_app.settings["base_url"], "aifl", "session"), SessionHandler)])
     watch_busy_kernels(serverapp, clock.idle_timeout)
+    add_own_kernels(serverapp.kernel_spec_manager)
 
     def on_save_signal() -> None:
         clock.record_save_signal()
@@ -48,3 +51,14 @@ def load(serverapp: Any) -> None:
 
     # Replaces Jupyter Server's own SIGUSR1 handler (it prints the server's info).
     serverapp.io_loop.asyncio_loop.add_signal_handler(signal.SIGUSR1, on_save_signal)
+
+
+def add_own_kernels(kernel_spec_manager: Any) -> None:
+    """Offer the kernels the user registered (``ipykernel install --user``) besides the environment's own.
+
+    JupyterHub's ``disable_user_config`` keeps configuration in the home folder from the server and, with
+    it, the user's data folder, where those kernels live; only that ``kernels`` folder is added back.
+    """
+    own = str(Path(jupyter_data_dir()) / "kernels")
+    if own not in kernel_spec_manager.kernel_dirs:
+        kernel_spec_manager.kernel_dirs = [*kernel_spec_manager.kernel_dirs, own]
