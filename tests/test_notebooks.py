@@ -13,6 +13,7 @@ import ast
 import importlib.util
 import json
 import pwd
+import random
 import subprocess
 import time
 from pathlib import Path
@@ -52,7 +53,8 @@ def test_the_committed_notebooks_are_what_their_sources_give() -> None:
 
 def test_every_topic_of_the_issue_is_there_in_both_languages() -> None:
     topics = {name.split("/")[0] for name in pairs()}
-    assert topics == {"getting-started", "smes", "healthcare", "agriculture", "scaling", "batch"}
+    assert topics == {"getting-started", "smes", "healthcare", "agriculture", "scaling", "batch", "public-services",
+                      "your-data"}
     for name in pairs():
         assert (NOTEBOOKS / f"{name}.nl.ipynb").exists()
 
@@ -105,6 +107,8 @@ SMALL: dict[str, dict[str, int]] = {
     "healthcare/scan-classifier": {"images": 1200, "epochs": 6},
     "agriculture/crop-yield": {"fields": 150},
     "agriculture/leaf-disease": {"images": 900, "epochs": 4, "size": 24},
+    "public-services/citizen-requests": {"requests": 2000},
+    "your-data/your-own-csv": {},
 }
 
 
@@ -115,21 +119,61 @@ def check(name: str, result: dict, output: str) -> None:
         assert f"on {result['device'].upper()} in " in output or f"device: {result['device'].upper()}" in output
     match name:
         case "getting-started/welcome":
-            assert result["accuracy"] >= 0.85 and result["accuracy"] > result["baseline"] + 0.4
+            # Gradual ripening, an unseen variety and 5 % disputed labels: about 0.85-0.90 is what it reaches.
+            assert result["accuracy"] >= 0.78 and result["accuracy"] >= result["baseline"] + 0.35
         case "smes/demand-forecast":
-            assert result["better_than_naive"] and result["mae_model"] < 0.8 * result["mae_naive"]
+            # Tested by time on 80+ weeks, the model beats "same week last year" with a real margin; the
+            # random split with last week's sales looks better than the honest test (the pitfall shown).
+            assert result["weeks_tested"] >= 80 and result["better_than_naive"]
+            assert result["mae_model"] < 0.9 * result["mae_naive"]
+            assert result["mae_leaky"] < 0.95 * result["mae_model"]
         case "smes/customer-messages":
-            assert result["accuracy"] >= 0.8
+            # Tested on groups of near-copies never seen: well above the keyword rule and the biggest queue,
+            # and no queue forgotten; split by message, the near-copies make it look better (the pitfall).
+            assert result["macro_f1"] >= 0.7 and result["macro_f1"] > result["f1_keywords"] + 0.1
+            assert result["f1_biggest"] < 0.3 and result["lowest_recall"] >= 0.4
+            assert result["f1_split_by_message"] > result["f1_split_by_group"] + 0.03
         case "healthcare/risk-model":
+            # Unmeasured frailty and deprivation cap the AUC; the model still beats ranking by age alone.
             assert result["patients_in_both"] == 0
-            assert result["auc"] >= 0.68 and result["ece"] <= 0.05
-            assert result["sex_auc_gap"] <= 0.1 and result["calibration_gap"] <= 0.06
+            assert result["auc"] >= 0.66 and result["auc"] >= result["auc_age"] + 0.03 and result["ece"] <= 0.05
+            assert result["sex_auc_gap"] <= 0.1 and result["calibration_gap"] <= 0.08
+            # The pitfall: split by admission, the forest looks better than on new patients, where the
+            # logistic regression is about as good.
+            assert result["auc_forest_by_admission"] > result["auc_forest_by_patient"]
+            assert result["auc"] >= result["auc_forest_by_patient"] - 0.02
         case "healthcare/scan-classifier":
             assert result["accuracy"] >= 0.85 and min(result["sensitivity"], result["specificity"]) >= 0.75
+            # Lesions are bright spots, so the intensity-statistics baseline is strong (about 0.9): the network
+            # must not do worse.
+            assert result["accuracy"] >= result["intensity_accuracy"] - 0.03
+            assert result["accuracy"] >= result["baseline_accuracy"] + 0.3
         case "agriculture/crop-yield":
-            assert result["mae_network"] < result["mae_linear"] < result["mae_soil"]
+            # Tested on unseen years; the linear model need not beat the soil rule (it cannot bend).
+            assert result["mae_network"] < 0.9 * min(result["mae_soil"], result["mae_linear"])
+            # The pitfall is visible: a random split (years seen on other fields) promises a smaller error.
+            assert result["mae_random_split"] < 0.95 * result["mae_network"]
         case "agriculture/leaf-disease":
-            assert result["accuracy"] >= 0.85 and result["missed_disease"] <= 0.15
+            # The pitfall is visible: the plain colour classifier misses many sick leaves; class weights fix that.
+            assert result["colour_missed_disease"] >= 0.3
+            assert result["colour_weighted_missed_disease"] <= result["colour_missed_disease"] - 0.1
+            # Class weights cost some accuracy (false alarms), so "always healthy" can score about the same.
+            assert result["accuracy"] >= 0.75 and result["missed_disease"] <= 0.3
+            assert result["missed_disease"] <= result["colour_missed_disease"] - 0.2
+        case "public-services/citizen-requests":
+            # Tested on the last quarter of the period: well above "always the busiest department" and no
+            # department forgotten; the random split (near-copies, the new waste pass seen) looks better.
+            assert result["masked"] >= 0.15 * result["requests"]
+            assert result["accuracy_time"] >= 0.7 and result["accuracy_time"] >= result["baseline"] + 0.25
+            assert result["balanced_time"] >= 0.7
+            assert result["accuracy_random"] > result["accuracy_time"] + 0.04
+            assert result["near_copies_random"] > result["near_copies_time"]
+        case "your-data/your-own-csv":
+            # The example file: the return reason gives the answer away and is found; without it the model
+            # still beats always "no", tested on the latest orders.
+            assert result["task"] == "classification" and result["split"] == "by time"
+            assert result["left_out"] == ["return_reason"] and result["with_all_columns"] >= 0.98
+            assert result["better_than_baseline"] and result["model"] >= result["baseline"] + 0.05
         case "scaling/dask-large-data":
             assert result["cluster"] == "slurm" and result["workers"] == 2
             assert 17 <= result["peak_hour"] <= 20 and result["readings"] == 4000 * 28 * 96
@@ -210,3 +254,46 @@ def test_the_dask_and_batch_notebooks_run_in_a_users_session_from_the_copies_in_
            .split()) != expected and time.monotonic() < deadline:
         time.sleep(1)
     assert jobs == expected, jobs
+
+
+# ---- the own-data notebook on a file the test writes ------------------------------------------------------
+def run_own_csv(environment: Path, tmp_path: Path, lang: str, *arguments: str) -> subprocess.CompletedProcess:
+    """Run ``your-data/your-own-csv`` in ``lang`` with papermill in ``tmp_path``, with ``-p`` ``arguments``."""
+    env = {"PATH": f"{environment / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           **clock_environment()}
+    return subprocess.run([str(PAPERMILL), "--no-progress-bar", "-k", "python3",
+                           str(NOTEBOOKS / f"your-data/your-own-csv.{lang}.ipynb"), str(tmp_path / "out.ipynb"),
+                           *arguments], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)
+
+
+def write_houses(path: Path, rows: int = 400) -> None:
+    """A Dutch-style CSV (semicolons, decimal commas): asking prices of houses, with missing values, no date."""
+    rng = random.Random(11)
+    extra = {"Centrum": 900, "Paddepoel": 0, "Beijum": -300, "Haren": 600}
+    lines = ["district;size_m2;garden;price"]
+    for _ in range(rows):
+        district, size = rng.choice(sorted(extra)), rng.uniform(50, 180)
+        price = size * (3200 + extra[district]) + rng.gauss(0, 25000)
+        garden = "" if rng.random() < 0.1 else rng.choice(["yes", "no"])
+        lines.append(f"{district};{size:.1f};{garden};{price:.2f}".replace(".", ","))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_own_data_notebook_fits_a_regression_on_a_users_file(environment: Path, tmp_path: Path, lang: str) -> None:
+    write_houses(tmp_path / "houses.csv")
+    run = run_own_csv(environment, tmp_path, lang, "-p", "csv_path", "houses.csv", "-p", "target", "price")
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = summary(json.loads((tmp_path / "out.ipynb").read_text()))
+    assert result["rows"] == 400 and result["task"] == "regression" and result["split"] == "random"
+    assert result["metric"] == "mean absolute error" and result["left_out"] == []
+    assert result["better_than_baseline"] and result["model"] < 0.6 * result["baseline"]
+    assert not (tmp_path / "example-orders.csv").exists()
+
+
+def test_the_own_data_notebook_says_plainly_when_the_target_column_is_missing(environment: Path,
+                                                                                 tmp_path: Path) -> None:
+    write_houses(tmp_path / "houses.csv")
+    run = run_own_csv(environment, tmp_path, "nl", "-p", "csv_path", "houses.csv", "-p", "target", "prijs")
+    assert run.returncode != 0
+    assert "De kolom 'prijs' staat niet in houses.csv; de kolommen zijn: district, size_m2, garden, price" in run.stderr
