@@ -143,11 +143,15 @@ def check(name: str, result: dict, output: str) -> None:
             assert result["auc_forest_by_admission"] > result["auc_forest_by_patient"]
             assert result["auc"] >= result["auc_forest_by_patient"] - 0.02
         case "healthcare/scan-classifier":
+            # On a new hospital's scans the network finds lesions and leaves healthy scans alone.
             assert result["accuracy"] >= 0.85 and min(result["sensitivity"], result["specificity"]) >= 0.75
-            # Lesions are bright spots, so the intensity-statistics baseline is strong (about 0.9): the network
-            # must not do worse.
-            assert result["accuracy"] >= result["intensity_accuracy"] - 0.03
             assert result["accuracy"] >= result["baseline_accuracy"] + 0.3
+            # The pitfall: the referral centre's brighter scanner is a shortcut, so raw intensity statistics look
+            # better on scans kept apart from the same hospitals than at the new hospital ...
+            assert result["intensity_internal_raw"] >= result["intensity_external_raw"] + 0.03
+            # ... and measuring each scan against its own organ's level fixes much of it.
+            assert result["intensity_external_normalised"] >= result["intensity_external_raw"] + 0.02
+            assert result["accuracy"] >= result["intensity_external_normalised"] - 0.03
         case "agriculture/crop-yield":
             # Tested on unseen years; the linear model need not beat the soil rule (it cannot bend).
             assert result["mae_network"] < 0.9 * min(result["mae_soil"], result["mae_linear"])
