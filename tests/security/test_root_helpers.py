@@ -11,6 +11,7 @@ import pwd
 import re
 import secrets
 import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -119,7 +120,7 @@ def test_mkuser_survives_a_folder_swapped_during_the_call(users, target):
     swapper = subprocess.Popen(
         ["setpriv", f"--reuid={name}", f"--regid={name}", "--init-groups", "--", "timeout", "20", "bash", "-c",
          f"cd ~{name} && while :; do rm -rf .aifl; mkdir -p .aifl/logs; rm -rf .aifl; ln -s {target} .aifl; done"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline, runs = time.monotonic() + 15, 0
         while time.monotonic() < deadline:
@@ -128,7 +129,8 @@ def test_mkuser_survives_a_folder_swapped_during_the_call(users, target):
             assert unchanged(under(target)) == before
             runs += 1
     finally:
-        swapper.kill()
+        # The whole process group: killing only `timeout` would leave its bash loop running on its own.
+        os.killpg(swapper.pid, signal.SIGKILL)
         swapper.wait()
     assert runs >= 3
     assert unchanged(under(target)) == before
