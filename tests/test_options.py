@@ -116,8 +116,8 @@ def test_form_fields_of_the_chosen_profile_only():
 def _expected_directives(request: SessionRequest) -> set[str]:
     return {"--job-name=aifl-lab", "--output=/home/alice/.aifl/logs/session-%j.log", "--chdir=/home/alice",
             "--export=HOME,PATH", f"--partition={request.partition}", "--account=lab", "--qos=interactive",
-            f"--time={request.hours}:00:00", "--nodes=1", "--ntasks=1", f"--cpus-per-task={request.cpus}",
-            f"--mem={request.memory_gb}G", "--signal=B:USR1@600"} | (
+            f"--time={request.hours}:00:00", "--nodes=1", "--ntasks=1", "--no-requeue",
+            f"--cpus-per-task={request.cpus}", f"--mem={request.memory_gb}G", "--signal=B:USR1@600"} | (
         {f"--gres=gpu:h200:{request.gpus}"} if request.gpus else set()) | (
         {f"--gres=shard:{request.shards}"} if request.shards else set()) | (
         {f"--reservation={request.reservation}"} if request.reservation else set())
